@@ -1,0 +1,100 @@
+"""The course's two commands: set everything up, then open the course or run the tests.
+
+    python3 -m gradflow_lessons.course start   # set up, open JupyterLab on the course index
+    python3 -m gradflow_lessons.course test    # set up, run the whole test suite
+
+Set-up makes a virtual environment in ``.venv`` (once) and installs the course into it
+with its test extras (again only when ``pyproject.toml`` changed). This module uses the
+standard library alone, since it runs before anything else is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+INDEX = Path("notebooks") / "00_course_index.ipynb"
+MIN_PYTHON = (3, 10)
+
+
+def say(message: str) -> None:
+    print(f"[gradflow] {message}", flush=True)
+
+
+def venv_python() -> Path:
+    scripts = "Scripts" if os.name == "nt" else "bin"
+    return VENV / scripts / ("python.exe" if os.name == "nt" else "python")
+
+
+def run(command: list[str], **kwargs) -> int:
+    return subprocess.call([str(c) for c in command], cwd=ROOT, **kwargs)
+
+
+def setup() -> Path:
+    """Create ``.venv`` and install the course into it; returns its python."""
+    if sys.version_info < MIN_PYTHON:
+        sys.exit(
+            f"[gradflow] Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed, this is "
+            f"{sys.version.split()[0]}; run the command with a newer python3."
+        )
+    if not (ROOT / "pyproject.toml").is_file():
+        sys.exit(f"[gradflow] {ROOT} is not the course checkout (no pyproject.toml).")
+    python = venv_python()
+    if not python.exists():
+        say(f"creating the virtual environment {VENV.relative_to(ROOT)}/ ...")
+        try:
+            venv.create(VENV, with_pip=True)
+        except Exception as e:  # e.g. Debian without python3-venv
+            sys.exit(
+                f"[gradflow] could not create {VENV}: {e}\n"
+                "  On Debian/Ubuntu install the venv module first: sudo apt install python3-venv"
+            )
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = VENV / ".gradflow-installed"
+    if not stamp.exists() or stamp.read_text().strip() != wanted:
+        say("installing the course and its packages (a few minutes the first time) ...")
+        code = run([python, "-m", "pip", "install", "--disable-pip-version-check",
+                    "--progress-bar", "on", "-e", ".[test]"])
+        if code != 0:
+            sys.exit(
+                "[gradflow] pip could not install the course (see its message above). "
+                "Check your network, then run the same command again: nothing is lost."
+            )
+        stamp.write_text(wanted)
+    else:
+        say("packages are up to date")
+    return python
+
+
+def start(extra: list[str]) -> int:
+    python = setup()
+    say(f"opening JupyterLab on {INDEX} (stop it with Ctrl+C) ...")
+    return run([python, "-m", "jupyter", "lab", str(INDEX), *extra])
+
+
+def test(extra: list[str]) -> int:
+    python = setup()
+    say("running the test suite: library tests, then every notebook under nbval ...")
+    return run([python, "-m", "pytest", *extra])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"start": start, "test": test, "setup": lambda extra: bool(setup()) and 0}
+    if not argv or argv[0] not in commands:
+        print("usage:")
+        print("  python3 -m gradflow_lessons.course start   # set up, open JupyterLab on the index")
+        print("  python3 -m gradflow_lessons.course test    # set up, run the whole test suite")
+        print("  python3 -m gradflow_lessons.course setup   # only set up")
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Networks whose gradient flow the course studies.
+
+``MLP`` takes depth, width, activation, initialisation, normalisation and residual
+connections as plain arguments, so a lesson can change one of them and watch what the
+gradient does. ``RNNClassifier`` is a vanilla recurrent network for long sequences.
+
+Layer names are stable and readable (``hidden.0.linear`` ... ``output``): they are the
+names ``GradientMonitor`` and the figures show.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "linear": nn.Identity,
+}
+INITS = ("default", "xavier", "kaiming", "orthogonal", "normal")
+NORMS = (None, "batch", "layer")
+
+
+def make_activation(name: str) -> nn.Module:
+    """The activation module called ``name`` (one of ``ACTIVATIONS``)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def init_linear_(
+    layer: nn.Linear, init: str = "default", gain: float = 1.0, bias: float | None = None
+) -> nn.Linear:
+    """Initialise ``layer`` in place; returns it.
+
+    With ``W`` of shape ``[fan_out, fan_in]``:
+
+    - ``default``: PyTorch's own (uniform, std = 1/sqrt(3 fan_in)), ``gain`` ignored.
+    - ``xavier``: Glorot & Bengio (2010), normal with std = gain * sqrt(2 / (fan_in + fan_out)).
+      Keeps the variance of a *linear* (or tanh near 0) layer's output and gradient.
+    - ``kaiming``: He et al. (2015), normal with std = gain * sqrt(2 / fan_in). The 2
+      makes up for ReLU zeroing half of its inputs.
+    - ``orthogonal``: Saxe et al. (2014), a (semi-)orthogonal matrix times ``gain``: every
+      singular value equals ``gain``.
+    - ``normal``: normal with std = gain / sqrt(fan_in) (``gain`` sets the scale directly).
+
+    Biases become zero for every init but ``default``, or ``bias`` when given.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+    weight = layer.weight
+    fan_out, fan_in = weight.shape
+    with torch.no_grad():
+        if init == "xavier":
+            nn.init.normal_(weight, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
+        elif init == "kaiming":
+            nn.init.normal_(weight, 0.0, gain * math.sqrt(2.0 / fan_in))
+        elif init == "orthogonal":
+            nn.init.orthogonal_(weight, gain=gain)
+        elif init == "normal":
+            nn.init.normal_(weight, 0.0, gain / math.sqrt(fan_in))
+        if layer.bias is not None:
+            if bias is not None:
+                layer.bias.fill_(bias)
+            elif init != "default":
+                layer.bias.zero_()
+    return layer
+
+
+class HiddenLayer(nn.Module):
+    """``activation(norm(linear(x)))``, plus ``x`` when ``residual`` (shapes must match)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str = "relu",
+        norm: str | None = None,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
+        if residual and in_features != out_features:
+            raise ValueError(
+                f"a residual layer needs in_features == out_features, got "
+                f"{in_features} and {out_features}"
+            )
+        self.linear = nn.Linear(in_features, out_features)
+        if norm == "batch":
+            self.norm = nn.BatchNorm1d(out_features)
+        elif norm == "layer":
+            self.norm = nn.LayerNorm(out_features)
+        else:
+            self.norm = nn.Identity()
+        self.act = make_activation(activation)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, in] -> [N, out]
+        out = self.act(self.norm(self.linear(x)))
+        return x + out if self.residual else out
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron with ``depth`` linear layers.
+
+    ``depth - 1`` hidden layers of ``width`` units (``hidden.0`` ... ``hidden.{depth-2}``),
+    then a linear ``output`` layer. With ``residual=True`` every hidden layer after the
+    first adds its input to its output (the first changes the width, so it cannot).
+
+    Args:
+        in_features: input size D.
+        out_features: output size (classes, or regression targets).
+        depth: number of linear layers, at least 1.
+        width: units per hidden layer.
+        activation: a name in ``ACTIVATIONS``.
+        init: a name in ``INITS`` (see ``init_linear_``), applied to every layer.
+        gain: the init's gain.
+        bias: constant for every hidden bias (for example -3.0 to kill ReLUs), or None.
+        norm: None, ``"batch"`` or ``"layer"``, placed before each activation.
+        residual: add skip connections around hidden layers 1..depth-2.
+
+    Shapes: ``[N, in_features] -> [N, out_features]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        depth: int = 4,
+        width: int = 64,
+        activation: str = "relu",
+        init: str = "default",
+        gain: float = 1.0,
+        bias: float | None = None,
+        norm: str | None = None,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1 (the output layer), got {depth}")
+        if width < 1 or in_features < 1 or out_features < 1:
+            raise ValueError("in_features, out_features and width must be positive")
+        make_activation(activation)  # fail early on a misspelt name
+        sizes = [in_features] + [width] * (depth - 1)
+        self.hidden = nn.ModuleList(
+            HiddenLayer(sizes[i], sizes[i + 1], activation, norm, residual and i > 0)
+            for i in range(depth - 1)
+        )
+        self.output = nn.Linear(sizes[-1], out_features)
+        for layer in self.hidden:
+            init_linear_(layer.linear, init, gain, bias)
+        init_linear_(self.output, init, 1.0 if init == "kaiming" else gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = layer(x)
+        return self.output(x)
+
+    def linear_layers(self) -> list[tuple[str, nn.Linear]]:
+        """``(name, layer)`` for every linear layer, input to output."""
+        return [(f"hidden.{i}.linear", h.linear) for i, h in enumerate(self.hidden)] + [
+            ("output", self.output)
+        ]
+
+
+class RNNClassifier(nn.Module):
+    """A vanilla recurrent network read out from its last hidden state.
+
+    ``h_t = nonlinearity(W_ih x_t + W_hh h_{t-1} + b)``, then ``output(h_T)``.
+
+    Args:
+        input_size: features per time step.
+        hidden_size: size of ``h_t``.
+        out_features: output size.
+        nonlinearity: ``"tanh"`` or ``"relu"`` (``nn.RNN``'s choices).
+        recurrent_gain: if given, ``W_hh`` becomes an orthogonal matrix times this gain, so
+            its spectral radius is exactly ``recurrent_gain`` (above 1: gradients explode).
+
+    Shapes: ``[N, T, input_size] -> [N, out_features]``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        out_features: int,
+        nonlinearity: str = "tanh",
+        recurrent_gain: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True)
+        self.output = nn.Linear(hidden_size, out_features)
+        if recurrent_gain is not None:
+            with torch.no_grad():
+                nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=recurrent_gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(
+                f"RNNClassifier expects inputs of shape [N, T, input_size], got {list(x.shape)}"
+            )
+        states, _ = self.rnn(x)  # [N, T, H]
+        return self.output(states[:, -1])
