@@ -1,0 +1,49 @@
+"""Shared test set-up: Agg figures, colour-free notebook kernels, paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from gradflow_lessons.build import kernel_environment  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # nbval's kernels inherit this process's environment.
+    kernel_environment()
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+def run_notebook(nb, cwd: Path, allow_errors: bool = False, timeout: int = 300):
+    """Execute ``nb`` (a NotebookNode, changed in place) in a fresh kernel; returns it."""
+    from nbclient import NotebookClient
+
+    NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        allow_errors=allow_errors,
+        record_timing=False,
+        resources={"metadata": {"path": str(cwd)}},
+    ).execute()
+    return nb
+
+
+def graded_cells(nb):
+    """The check cells that carry points (nbgrader's ``grade: true``)."""
+    return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+
+
+def error_of(cell):
+    """The error output of an executed cell, or None."""
+    return next((o for o in cell.get("outputs", []) if o.output_type == "error"), None)

@@ -1,0 +1,73 @@
+"""The exercise contract (DESIGN.md): solutions pass every check, generated exercises fail
+every graded check because the stub raises, and plausible wrong answers fail a check."""
+
+import copy
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import error_of, graded_cells, run_notebook
+from wrong_answers import WRONG_ANSWERS
+
+from gradflow_lessons.grading import PASS
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+pytestmark = pytest.mark.slow
+
+
+def test_there_is_at_least_one_exercise():
+    assert SOLUTIONS, "solutions/ holds no exercise"
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_every_graded_check_has_points_and_a_unique_id(solution):
+    nb = nbformat.read(solution, as_version=4)
+    checks = graded_cells(nb)
+    assert checks, f"{solution.name} has no graded check cell"
+    ids = [c.id for c in nb.cells]
+    assert len(ids) == len(set(ids)), "cell ids must be unique: the grader restores checks by id"
+    for cell in checks:
+        assert cell.metadata["nbgrader"]["points"] > 0
+        assert "check" in cell.metadata.get("tags", [])
+    assert any("### BEGIN HIDDEN TESTS" in c.source for c in checks), "no hidden test"
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_the_solution_passes_every_check(solution):
+    nb = run_notebook(nbformat.read(solution, as_version=4), solution.parent, allow_errors=True)
+    for cell in graded_cells(nb):
+        error = error_of(cell)
+        assert error is None, f"{cell.id}: {error and error.ename}: {error and error.evalue}"
+        text = "".join(o.get("text", "") for o in cell.outputs)
+        assert PASS in text, f"{cell.id} printed no passing check"
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_every_graded_check_fails_in_the_generated_exercise_because_the_stub_raises(solution):
+    exercise = ROOT / "exercises" / solution.name
+    nb = run_notebook(nbformat.read(exercise, as_version=4), exercise.parent, allow_errors=True)
+    for cell in graded_cells(nb):
+        error = error_of(cell)
+        assert error is not None, f"{cell.id} passes on the untouched stub"
+        assert error.ename == "NotImplementedError", f"{cell.id} failed with {error.ename}"
+
+
+CASES = [(name, description, cells) for name, cases in WRONG_ANSWERS.items()
+         for description, cells in cases]
+
+
+@pytest.mark.parametrize("name, description, cells", CASES, ids=[c[1] for c in CASES])
+def test_a_plausible_wrong_answer_fails_a_check(name, description, cells):
+    solution = ROOT / "solutions" / name
+    nb = nbformat.read(solution, as_version=4)
+    wrong = copy.deepcopy(nb)
+    for cell in wrong.cells:
+        if cell.id in cells:
+            cell.source = cells.pop(cell.id)
+    assert not cells, f"no cell with id {sorted(cells)} in {name}"
+    run_notebook(wrong, solution.parent, allow_errors=True)
+    failed = [c.id for c in graded_cells(wrong) if error_of(c) is not None]
+    assert failed, f"every check passes with: {description}"
+    errors = {error_of(c).ename for c in graded_cells(wrong) if error_of(c) is not None}
+    assert errors & {"CheckFailed", "AssertionError", "RuntimeError", "IndexError"}, errors

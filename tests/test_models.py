@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from gradflow_lessons.models import INITS, MLP, RNNClassifier, init_linear_
+
+
+def test_mlp_has_depth_linear_layers_and_readable_names():
+    model = MLP(3, 2, depth=5, width=8)
+    names = [name for name, _ in model.linear_layers()]
+    assert names == [f"hidden.{i}.linear" for i in range(4)] + ["output"]
+    assert model(torch.randn(7, 3)).shape == (7, 2)
+
+
+def test_depth_one_is_a_single_linear_layer():
+    model = MLP(3, 2, depth=1)
+    assert len(model.hidden) == 0 and model(torch.randn(4, 3)).shape == (4, 2)
+
+
+@pytest.mark.parametrize("bad", [{"depth": 0}, {"activation": "sigmoidd"}, {"init": "he"}, {"norm": "group"}])
+def test_mlp_rejects_unknown_arguments_with_the_choices(bad):
+    with pytest.raises(ValueError, match="depth|choose one of"):
+        MLP(3, 2, **bad)
+
+
+def test_kaiming_init_has_std_sqrt_two_over_fan_in():
+    torch.manual_seed(0)
+    layer = init_linear_(torch.nn.Linear(400, 300), "kaiming")
+    assert layer.weight.std().item() == pytest.approx((2 / 400) ** 0.5, rel=0.02)
+    assert torch.all(layer.bias == 0)
+
+
+def test_xavier_init_has_glorot_std():
+    torch.manual_seed(0)
+    layer = init_linear_(torch.nn.Linear(400, 200), "xavier", gain=2.0)
+    assert layer.weight.std().item() == pytest.approx(2 * (2 / 600) ** 0.5, rel=0.02)
+
+
+def test_orthogonal_init_sets_every_singular_value_to_the_gain():
+    layer = init_linear_(torch.nn.Linear(32, 32), "orthogonal", gain=1.5)
+    svals = torch.linalg.svdvals(layer.weight.detach())
+    assert torch.allclose(svals, torch.full((32,), 1.5), atol=1e-5)
+
+
+def test_bias_argument_sets_hidden_biases():
+    model = MLP(3, 2, depth=3, width=8, init="kaiming", bias=-3.0)
+    assert all(torch.all(h.linear.bias == -3.0) for h in model.hidden)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_every_init_gives_finite_outputs(init):
+    model = MLP(5, 1, depth=6, width=16, activation="tanh", init=init)
+    assert torch.isfinite(model(torch.randn(4, 5))).all()
+
+
+def test_residual_layers_add_their_input():
+    model = MLP(4, 1, depth=3, width=4, activation="relu", residual=True)
+    layer = model.hidden[1]
+    x = torch.randn(2, 4)
+    assert torch.allclose(layer(x), x + torch.relu(layer.linear(x)))
+    assert not model.hidden[0].residual  # the first layer changes the width
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_norm_layers_sit_before_the_activation(norm):
+    model = MLP(4, 1, depth=3, width=6, norm=norm)
+    assert model(torch.randn(5, 4)).shape == (5, 1)
+    assert not isinstance(model.hidden[0].norm, torch.nn.Identity)
+
+
+def test_rnn_recurrent_gain_sets_the_spectral_radius():
+    model = RNNClassifier(3, 16, 2, recurrent_gain=1.3)
+    radius = torch.linalg.eigvals(model.rnn.weight_hh_l0.detach()).abs().max()
+    assert radius.item() == pytest.approx(1.3, rel=1e-4)
+    assert model(torch.randn(4, 10, 3)).shape == (4, 2)
+
+
+def test_rnn_rejects_unbatched_input_with_the_expected_shape():
+    with pytest.raises(ValueError, match=r"\[N, T, input_size\]"):
+        RNNClassifier(3, 8, 2)(torch.randn(10, 3))
