@@ -2,12 +2,12 @@
 every graded check because the stub raises, and plausible wrong answers fail a check."""
 
 import copy
+import runpy
 from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import error_of, graded_cells, run_notebook
-from wrong_answers import WRONG_ANSWERS
 
 from gradflow_lessons.grading import PASS
 
@@ -53,8 +53,17 @@ def test_every_graded_check_fails_in_the_generated_exercise_because_the_stub_rai
         assert error.ename == "NotImplementedError", f"{cell.id} failed with {error.ename}"
 
 
-CASES = [(name, description, cells) for name, cases in WRONG_ANSWERS.items()
-         for description, cells in cases]
+# tests/wrong_answers/NAME.py lists plausible wrong answers for solutions/NAME.ipynb.
+CASES = [
+    (path.stem + ".ipynb", description, cells)
+    for path in sorted((ROOT / "tests" / "wrong_answers").glob("*.py"))
+    for description, cells in runpy.run_path(str(path))["WRONG_ANSWERS"]
+]
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_every_exercise_has_plausible_wrong_answers(solution):
+    assert (ROOT / "tests" / "wrong_answers" / f"{solution.stem}.py").is_file()
 
 
 @pytest.mark.parametrize("name, description, cells", CASES, ids=[c[1] for c in CASES])
