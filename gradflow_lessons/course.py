@@ -75,7 +75,11 @@ def setup() -> Path:
 def start(extra: list[str]) -> int:
     python = setup()
     say(f"opening JupyterLab on {INDEX} (stop it with Ctrl+C) ...")
-    return run([python, "-m", "jupyter", "lab", str(INDEX), *extra])
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
+        extra = ["--allow-root", *extra]  # containers often run as root; Jupyter refuses without it
+    # Serve the whole checkout (lessons link to ../exercises) and land on the index.
+    return run([python, "-m", "jupyter", "lab", f"--ServerApp.root_dir={ROOT}",
+                f"--LabApp.default_url=/lab/tree/{INDEX.as_posix()}", *extra])
 
 
 def test(extra: list[str]) -> int:
