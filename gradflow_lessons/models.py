@@ -3,6 +3,8 @@
 ``MLP`` takes depth, width, activation, initialisation, normalisation and residual
 connections as plain arguments, so a lesson can change one of them and watch what the
 gradient does. ``RNNClassifier`` is a vanilla recurrent network for long sequences.
+Residual blocks (pre-/post-norm, branch scaling, zero-init) and dense blocks, for MLPs
+and small CNNs, are in ``gradflow_lessons.skips``.
 
 Layer names are stable and readable (``hidden.0.linear`` ... ``output``): they are the
 names ``GradientMonitor`` and the figures show.
