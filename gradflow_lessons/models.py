@@ -42,11 +42,12 @@ def make_activation(name: str) -> nn.Module:
 
 
 def init_linear_(
-    layer: nn.Linear, init: str = "default", gain: float = 1.0, bias: float | None = None
-) -> nn.Linear:
-    """Initialise ``layer`` in place; returns it.
+    layer: nn.Linear | nn.Conv2d, init: str = "default", gain: float = 1.0, bias: float | None = None
+) -> nn.Module:
+    """Initialise a linear (or convolutional) ``layer`` in place; returns it.
 
-    With ``W`` of shape ``[fan_out, fan_in]``:
+    With ``W`` of shape ``[fan_out, fan_in]`` (for a convolution ``[out, in, kh, kw]``,
+    ``fan_in = in * kh * kw`` and ``fan_out = out * kh * kw``):
 
     - ``default``: PyTorch's own (uniform, std = 1/sqrt(3 fan_in)), ``gain`` ignored.
     - ``xavier``: Glorot & Bengio (2010), normal with std = gain * sqrt(2 / (fan_in + fan_out)).
@@ -62,7 +63,8 @@ def init_linear_(
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
     weight = layer.weight
-    fan_out, fan_in = weight.shape
+    fan_in = weight[0].numel()
+    fan_out = weight.shape[0] * fan_in // weight.shape[1]
     with torch.no_grad():
         if init == "xavier":
             nn.init.normal_(weight, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))

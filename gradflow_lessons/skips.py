@@ -25,36 +25,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import INITS, NORMS, init_linear_, make_activation
+from .models import NORMS, init_linear_, make_activation
 
 PLACEMENTS = ("pre", "post")
 CONNECTIONS = ("plain", "residual", "dense")
 
 
 def init_layer_(layer: nn.Linear | nn.Conv2d, init: str = "default", gain: float = 1.0) -> nn.Module:
-    """``init_linear_`` for linear *and* convolutional layers; returns ``layer``.
-
-    A convolution's ``fan_in`` is ``in_channels * kh * kw`` (and ``fan_out`` likewise),
-    so ``kaiming`` draws std ``gain * sqrt(2 / fan_in)`` exactly as for a linear layer.
-    """
-    if isinstance(layer, nn.Linear):
-        return init_linear_(layer, init, gain)
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
-    weight = layer.weight  # [out, in, kh, kw]
-    fan_in, fan_out = weight[0].numel(), weight.shape[0] * weight[0, 0].numel()
-    with torch.no_grad():
-        if init == "xavier":
-            nn.init.normal_(weight, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
-        elif init == "kaiming":
-            nn.init.normal_(weight, 0.0, gain * math.sqrt(2.0 / fan_in))
-        elif init == "orthogonal":
-            nn.init.orthogonal_(weight, gain=gain)
-        elif init == "normal":
-            nn.init.normal_(weight, 0.0, gain / math.sqrt(fan_in))
-        if layer.bias is not None and init != "default":
-            layer.bias.zero_()
-    return layer
+    """``models.init_linear_``, which handles linear and convolutional layers alike."""
+    return init_linear_(layer, init, gain)
 
 
 def _layer(n_in: int, n_out: int, conv: bool) -> nn.Module:
