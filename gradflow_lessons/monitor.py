@@ -1,0 +1,499 @@
+"""Watch gradient flow while a model trains: per-layer gradient and activation statistics.
+
+    with GradientMonitor(model, optimizer) as monitor:
+        for step in range(steps):
+            optimizer.zero_grad()
+            loss_fn(model(inputs), targets).backward()
+            monitor.record()          # after backward(), before optimizer.step()
+            optimizer.step()
+    plots.plot_gradient_flow(monitor.history)
+
+What is tracked (``monitor.history``, ``.activations``, ``.histograms``):
+
+- **Gradients**, from ``p.grad`` (no backward hook), per module that owns trainable
+  parameters: the L2 norm ``sqrt(sum_p ||g_p||^2)`` over its own parameters and the count
+  of NaN/Inf entries (kept, never dropped), every record: one ``torch._foreach_norm``
+  pass and one host sync. Mean and max ``|g|`` and the fraction of exact zeros take three
+  more passes: every ``detail_every`` records.
+- **Activations**, from forward hooks on every leaf module but ``nn.Identity``
+  (parameter-free ones included), pooled over the forwards run with grad enabled since
+  the last record: mean, std, the fraction of **dead** ReLU units (zero for the whole
+  batch) and of **saturated** tanh/sigmoid outputs (``|tanh| >= 0.99``; sigmoid within
+  0.005 of 0 or 1).
+- **Update-to-data ratio** ``||W_after - W_before|| / ||W_after||`` per module when the
+  optimizer is given: step hooks copy the weights (one buffer the size of the model)
+  before the first ``optimizer.step()`` after each record. Karpathy's rule of thumb ("A
+  Recipe for Training Neural Networks", 2019) puts healthy values near ``1e-3``.
+- **Histograms** every ``histogram_every`` records, on fixed bins: ``log10 |g|`` (zeros and
+  NaN/Inf left out) and output values, at most ``histogram_samples`` entries per layer
+  (a fixed random subset), values beyond the range in the end bins.
+
+Memory is bounded by a rolling window: the last ``max_steps`` recorded steps are kept
+(``dropped_steps`` counts the others). A module reachable under two names is reported
+once, under its first; its activation statistics pool all its calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+
+DEAD_KINDS = (nn.ReLU, nn.ReLU6)
+SATURATING_KINDS = (nn.Tanh, nn.Sigmoid)
+
+
+@dataclass
+class GradientRecord:
+    """Gradient statistics of one module at one step (plain CPU numbers).
+
+    ``grad_norm`` is NaN or inf when a gradient entry is; ``nonfinite`` says how many.
+    ``grad_mean_abs``, ``grad_max_abs`` and ``zero_fraction`` are None on steps where they
+    were not computed (see ``detail_every``);
+    ``update_ratio`` is None until the optimizer step after this record has run.
+    """
+
+    step: int
+    layer: str
+    grad_norm: float
+    grad_mean_abs: float | None
+    grad_max_abs: float | None
+    zero_fraction: float | None
+    nonfinite: int
+    numel: int
+    update_ratio: float | None = None
+
+
+@dataclass
+class ActivationRecord:
+    """Output statistics of one module at one step, pooled over its ``calls`` forward calls.
+
+    ``dead_fraction`` (ReLU only) is the fraction of units, i.e. output entries but the
+    batch dimension, that are zero for every example; ``saturated_fraction`` (tanh and
+    sigmoid only) is the fraction of entries on the flat part of the curve. Both are None
+    for other modules. ``std`` is the population standard deviation; ``mean`` is NaN or inf
+    when an output entry is.
+    """
+
+    step: int
+    layer: str
+    kind: str
+    mean: float
+    std: float
+    dead_fraction: float | None
+    saturated_fraction: float | None
+    numel: int
+    calls: int
+
+
+@dataclass
+class HistogramRecord:
+    """A histogram of one module at one step. ``kind`` is ``"gradient"`` (bins of
+    ``log10 |g|``) or ``"activation"`` (bins of the output values).
+    ``edges`` [bins + 1], ``counts`` [bins] (of a sample for large layers)."""
+
+    step: int
+    layer: str
+    kind: str
+    edges: torch.Tensor
+    counts: torch.Tensor
+
+
+@dataclass
+class _Step:
+    gradients: list[GradientRecord]
+    activations: list[ActivationRecord]
+    histograms: list[HistogramRecord]
+
+
+def _to_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` as float64 CPU tensors, with one transfer (one host sync) per device."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
+    groups: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.device, []).append(i)
+    for index in groups.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in index]).to("cpu", torch.float64)
+        for i, part in zip(index, flat.split([tensors[i].numel() for i in index])):
+            out[i] = part.view(tensors[i].shape)
+    return out
+
+
+def _histogram(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Counts of finite ``values`` in bins ``edges``; values beyond go to the end bins."""
+    lo, hi = edges[0].item(), edges[-1].item()
+    values = values.reshape(-1).float()
+    values = torch.where(torch.isfinite(values), values.clamp(lo, hi), float("nan"))
+    return torch.histc(values, bins=len(edges) - 1, min=lo, max=hi)  # histc skips NaN
+
+
+def _max(values: list[float]) -> float:
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+class GradientMonitor:
+    """Per-layer gradient, activation and update statistics of ``model``, step by step.
+
+    Args:
+        model: any ``nn.Module``, on CPU or GPU.
+        optimizer: if given, the update-to-data ratio is recorded.
+        activations: hook leaf modules and record their output statistics.
+        histogram_every: record histograms on every n-th ``record()`` (0: never).
+        detail_every: compute mean and max |g| and the zero fraction on every n-th
+            ``record()`` (0: never); they cost about three times as much as the norms.
+        bins: histogram bins.
+        histogram_samples: histogram at most this many entries per layer and step.
+        grad_range: ``(lo, hi)`` of the gradient histograms, in ``log10 |g|``.
+        activation_range: ``(lo, hi)`` of activation histograms (tanh always uses (-1, 1),
+            sigmoid (0, 1)).
+        max_steps: keep the statistics of the last ``max_steps`` recorded steps.
+
+    Raises:
+        ValueError: ``model`` has no trainable parameters.
+
+    Hooks exist only between ``__enter__`` and ``__exit__`` (or ``close()``), also when the
+    body raises; the recorded data stays readable afterwards.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        activations: bool = True,
+        histogram_every: int = 0,
+        detail_every: int = 1,
+        bins: int = 40,
+        histogram_samples: int = 16_384,
+        grad_range: tuple[float, float] = (-10.0, 1.0),
+        activation_range: tuple[float, float] = (-3.0, 3.0),
+        max_steps: int = 10_000,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"GradientMonitor watches an nn.Module, got {type(model).__name__}")
+        if min(max_steps, bins, histogram_samples) < 1 or min(histogram_every, detail_every) < 0:
+            raise ValueError("need max_steps, bins, histogram_samples >= 1 and intervals >= 0 "
+                             "(0 means never)")
+        self.histogram_samples = histogram_samples
+        self._sample_index: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self.model, self.optimizer = model, optimizer
+        self.histogram_every, self.detail_every = histogram_every, detail_every
+        self.max_steps, self.dropped_steps = max_steps, 0
+        self.aliases: dict[str, list[str]] = {}  # first name -> every name of a shared module
+        first: dict[int, str] = {}
+        for name, module in model.named_modules(remove_duplicate=False):
+            if first.setdefault(id(module), name) != name:
+                self.aliases.setdefault(first[id(module)], [first[id(module)]]).append(name)
+
+        # Trainable parameters, grouped by the first module that owns them (tied weights
+        # count once); layers are the modules that own at least one.
+        self.layers: list[str] = []
+        self.frozen_parameters = 0  # entries with requires_grad=False, left out
+        self._params: list[nn.Parameter] = []
+        self._owner: list[int] = []
+        seen: set[int] = set()
+        for name, module in model.named_modules():
+            own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+            seen.update(id(p) for p in own)
+            self.frozen_parameters += sum(p.numel() for p in own if not p.requires_grad)
+            own = [p for p in own if p.requires_grad]
+            if own:
+                self._owner += [len(self.layers)] * len(own)
+                self._params += own
+                self.layers.append(name)
+        if not self._params:
+            raise ValueError(
+                "model has no parameters with requires_grad=True, so there is no gradient to "
+                "monitor; did you freeze it? Unfreeze the parameters you train with "
+                "`p.requires_grad_(True)`."
+            )
+
+        self._hooked = [
+            (name, m) for name, m in model.named_modules()
+            if activations and next(m.children(), None) is None and not isinstance(m, nn.Identity)
+        ]
+        self.activation_layers = [name for name, _ in self._hooked]
+        self._grad_edges = torch.linspace(*grad_range, bins + 1, dtype=torch.float64)
+        self._act_edges = [
+            torch.linspace(*((-1.0, 1.0) if isinstance(m, nn.Tanh) else (0.0, 1.0)
+                             if isinstance(m, nn.Sigmoid) else activation_range),
+                           bins + 1, dtype=torch.float64)
+            for _, m in self._hooked
+        ]
+        self._steps: deque[_Step] = deque()
+        self._handles: list = []
+        self._active = False
+        self._records_made = 0
+        self._awaiting: list[GradientRecord] | None = None  # the record the next step updates
+        self._before: list[torch.Tensor] | None = None  # weights before that step
+        self._unresolved: list[tuple[list[GradientRecord], torch.Tensor]] = []
+        self._reset_activations()
+
+    # ------------------------------------------------------------------ hooks
+
+    def __enter__(self) -> GradientMonitor:
+        if self._active:
+            raise RuntimeError(
+                "this GradientMonitor is already attached (entered twice); use a single "
+                "`with monitor:` block, or create a second GradientMonitor"
+            )
+        self._active = True
+        for index, (_, module) in enumerate(self._hooked):
+            self._handles.append(module.register_forward_hook(partial(self._forward_hook, index)))
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
+            self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook and free the weight copy (idempotent). Data stays readable."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._active, self._before = [], False, None
+        self._reset_activations()
+
+    def _reset_activations(self) -> None:
+        n = len(self._hooked)
+        self._act_sums: list[torch.Tensor | None] = [None] * n  # sum, sum of squares, dead, saturated
+        self._act_counts = [[0, 0, 0] for _ in range(n)]  # entries, units, calls
+        self._act_hist: list[torch.Tensor | None] = [None] * n
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self._records_made % every == 0
+
+    def _forward_hook(self, index: int, module: nn.Module, inputs: object, output: object) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) and output else output
+        if not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
+            return  # evaluation forwards (no backward follows) and non-tensor outputs
+        if not out.is_floating_point() or out.numel() == 0:
+            return
+        out = out.detach()
+        flat = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(1, -1)  # [N, units]
+        zero = flat.new_zeros(())
+        dead = (flat.amax(0) == 0).sum() if isinstance(module, DEAD_KINDS) else zero
+        saturated = zero
+        if isinstance(module, SATURATING_KINDS):
+            centred = flat if isinstance(module, nn.Tanh) else 2 * flat - 1  # both in [-1, 1]
+            saturated = torch.count_nonzero(centred.abs() >= 0.99)
+        sums = torch.stack([flat.sum(), torch.linalg.vector_norm(flat) ** 2,
+                            dead.to(flat.dtype), saturated.to(flat.dtype)]).double()
+        previous = self._act_sums[index]  # stays on the device: no host sync in the hook
+        self._act_sums[index] = sums if previous is None else previous + sums
+        counts = self._act_counts[index]
+        counts[0] += flat.numel()
+        counts[1] += flat.shape[1]
+        counts[2] += 1
+        if self._due(self.histogram_every):
+            hist = _histogram(self._sample(flat), self._act_edges[index])
+            previous = self._act_hist[index]
+            self._act_hist[index] = hist if previous is None else previous + hist
+
+    def _sample(self, values: torch.Tensor) -> torch.Tensor:
+        """At most ``histogram_samples`` entries of ``values``, the same subset every step."""
+        values = values.reshape(-1)
+        if values.numel() <= self.histogram_samples:
+            return values
+        key = (values.numel(), values.device)
+        if key not in self._sample_index:
+            generator = torch.Generator().manual_seed(values.numel())
+            index = torch.randint(values.numel(), (self.histogram_samples,), generator=generator)
+            self._sample_index[key] = index.to(values.device)
+        return values[self._sample_index[key]]
+
+    def _before_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        if self._awaiting is None:
+            return  # no record() since the last step: nothing to attach a ratio to
+        now = [p.detach() for p in self._params]
+        if self._before is None:
+            self._before = [p.clone() for p in now]
+        else:
+            torch._foreach_copy_(self._before, now)
+
+    def _after_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        if self._awaiting is None or self._before is None:
+            return
+        now = [p.detach() for p in self._params]
+        torch._foreach_sub_(self._before, now)  # the buffer now holds -(W_after - W_before)
+        norms = torch.stack([torch.stack(torch._foreach_norm(self._before)),
+                             torch.stack(torch._foreach_norm(now))], 1)  # [P, 2]
+        self._unresolved.append((self._awaiting, norms))
+        self._awaiting = None
+
+    def _resolve(self, norms_on_cpu: list[torch.Tensor]) -> None:
+        """Fill ``update_ratio`` of waiting records from their [P, 2] (|dW|, |W|)."""
+        for (records, _), norms in zip(self._unresolved, norms_on_cpu):
+            squares = np.zeros((len(self.layers), 2))
+            np.add.at(squares, self._owner, norms.numpy() ** 2)
+            ratio = {name: math.sqrt(d / w) if w > 0 else math.inf  # NaN stays NaN
+                     for name, (d, w) in zip(self.layers, squares.tolist())}
+            for record in records:
+                record.update_ratio = ratio[record.layer]
+        self._unresolved = []
+
+    # ------------------------------------------------------------------ recording
+
+    def record(self, step: int | None = None) -> list[GradientRecord]:
+        """Store the statistics of the current gradients, and of the forwards since the
+        last record, as step ``step`` (default: the previous step + 1, starting at 0).
+
+        Call it after ``loss.backward()`` and before ``optimizer.step()``.
+
+        Returns:
+            This step's gradient records, one per layer whose parameters have gradients.
+
+        Raises:
+            RuntimeError: the monitor is not attached, or no parameter has a gradient yet.
+        """
+        if not self._active:
+            raise RuntimeError(
+                "record() needs the monitor's hooks: call it inside "
+                "`with GradientMonitor(model) as monitor:`"
+            )
+        present = [i for i, p in enumerate(self._params) if p.grad is not None]
+        if not present:
+            raise RuntimeError(
+                "record() found no gradients on the model's trainable parameters; call "
+                "loss.backward() before monitor.record()"
+            )
+        if step is None:
+            step = self._steps[-1].gradients[0].step + 1 if self._steps else 0
+        grads = [self._params[i].grad for i in present]
+        grads = [g.to_dense() if g.is_sparse else g for g in grads]
+        # Per parameter, on the device, no sync: the L2 norm, and on detail steps the L1
+        # norm, min, max and count of non-zeros; [1 or 5, P].
+        per_param = list(torch._foreach_norm(grads))
+        detail = self._due(self.detail_every)
+        if detail:
+            extremes = [torch.aminmax(g) for g in grads]
+            per_param += [g.abs().sum() for g in grads] + [e.min for e in extremes]
+            per_param += [e.max for e in extremes] + [torch.count_nonzero(g) for g in grads]
+        if len({g.device for g in grads}) > 1:  # a model split over devices: gather first
+            per_param = [t.cpu() for t in per_param]
+        per_param = torch.stack(per_param).view(-1, len(grads))
+        grad_hist = []
+        if self._due(self.histogram_every):
+            for layer in range(len(self.layers)):
+                mine = [g.reshape(-1) for i, g in zip(present, grads) if self._owner[i] == layer]
+                if mine:
+                    values = self._sample(torch.cat(mine)).abs().log10()
+                    grad_hist.append((layer, _histogram(values, self._grad_edges)))
+        active = [i for i, sums in enumerate(self._act_sums) if sums is not None]
+        act_hist = [(i, self._act_hist[i]) for i in active if self._act_hist[i] is not None]
+
+        parts = [[per_param], [self._act_sums[i] for i in active], [h for _, h in grad_hist],
+                 [h for _, h in act_hist], [t for _, t in self._unresolved]]
+        moved = iter(_to_cpu([t for part in parts for t in part]))  # the one host sync
+        per_param, act_sums, grad_counts, act_counts, updates = (
+            [next(moved) for _ in part] for part in parts)
+        self._resolve(updates)
+        l2, *more = per_param[0].tolist()
+        l1, low, high, nonzero = more if detail else (None, None, None, None)
+
+        nonfinite = [0] * len(present)
+        bad = [k for k in range(len(present)) if not math.isfinite(l2[k])]
+        if bad:  # rare: count exactly (a second sync, only when something is NaN/Inf)
+            counts = torch.stack([(~torch.isfinite(grads[k])).sum() for k in bad]).tolist()
+            for k, count in zip(bad, counts):
+                nonfinite[k] = count
+
+        rows_of: dict[int, list[int]] = {}
+        for k, i in enumerate(present):
+            rows_of.setdefault(self._owner[i], []).append(k)
+        records = []
+        for layer, rows in rows_of.items():  # layers without gradients this step are skipped
+            numel = sum(grads[k].numel() for k in rows)
+            records.append(GradientRecord(
+                step=step,
+                layer=self.layers[layer],
+                grad_norm=math.sqrt(sum(l2[k] ** 2 for k in rows)),
+                grad_mean_abs=None if l1 is None else sum(l1[k] for k in rows) / numel,
+                grad_max_abs=None if high is None else _max([max(-low[k], high[k]) for k in rows]),
+                zero_fraction=None if nonzero is None else 1 - sum(nonzero[k] for k in rows) / numel,
+                nonfinite=sum(nonfinite[k] for k in rows),
+                numel=numel,
+            ))
+        activations = []
+        for i, sums in zip(active, act_sums):
+            total, square, dead, saturated = sums.tolist()
+            entries, units, calls = self._act_counts[i]
+            module = self._hooked[i][1]
+            mean = total / entries
+            activations.append(ActivationRecord(
+                step=step,
+                layer=self._hooked[i][0],
+                kind=type(module).__name__,
+                mean=mean,
+                std=math.sqrt(max(square / entries - mean**2, 0.0)) if math.isfinite(square) else math.nan,
+                dead_fraction=dead / units if isinstance(module, DEAD_KINDS) else None,
+                saturated_fraction=saturated / entries if isinstance(module, SATURATING_KINDS) else None,
+                numel=entries,
+                calls=calls,
+            ))
+        histograms = [HistogramRecord(step, self.layers[layer], "gradient", self._grad_edges, counts)
+                      for (layer, _), counts in zip(grad_hist, grad_counts)]
+        histograms += [HistogramRecord(step, self._hooked[i][0], "activation", self._act_edges[i], counts)
+                       for (i, _), counts in zip(act_hist, act_counts)]
+
+        self._steps.append(_Step(records, activations, histograms))
+        if len(self._steps) > self.max_steps:
+            self._steps.popleft()
+            self.dropped_steps += 1
+        self._records_made += 1
+        self._awaiting = records if self.optimizer is not None else None
+        self._reset_activations()
+        return records
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def history(self) -> list[GradientRecord]:
+        """Gradient records of the kept steps, oldest first, layers in model order."""
+        if self._unresolved:
+            self._resolve(_to_cpu([t for _, t in self._unresolved]))
+        return [r for s in self._steps for r in s.gradients]
+
+    @property
+    def activations(self) -> list[ActivationRecord]:
+        """Activation records of the kept steps, oldest first."""
+        return [r for s in self._steps for r in s.activations]
+
+    @property
+    def histograms(self) -> list[HistogramRecord]:
+        """Histogram records of the kept steps, oldest first."""
+        return [r for s in self._steps for r in s.histograms]
+
+    @property
+    def steps(self) -> list[int]:
+        """The kept step numbers, oldest first."""
+        return [s.gradients[0].step for s in self._steps]
+
+
+def to_matrix(records: list, field: str) -> tuple[list[str], list[int], np.ndarray]:
+    """Records as a layer x step table of ``field`` (what heat maps and curves draw).
+
+    Args:
+        records: ``monitor.history`` or ``monitor.activations`` (or a part of them).
+        field: a record attribute, e.g. ``"grad_norm"``, ``"update_ratio"``, ``"dead_fraction"``.
+
+    Returns:
+        ``(layers, steps, values)`` with ``values`` [len(layers), len(steps)]; NaN where a
+        layer has no value at a step (or the value is None).
+    """
+    layers = list(dict.fromkeys(r.layer for r in records))
+    steps = sorted({r.step for r in records})
+    row, col = {name: i for i, name in enumerate(layers)}, {s: j for j, s in enumerate(steps)}
+    values = np.full((len(layers), len(steps)), np.nan)
+    for r in records:
+        value = getattr(r, field)
+        if value is not None:
+            values[row[r.layer], col[r.step]] = value
+    return layers, steps, values
+

@@ -1,0 +1,168 @@
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from gradflow_lessons import plots
+from gradflow_lessons.models import MLP
+from gradflow_lessons.monitor import GradientMonitor
+
+
+def monitored_run(activation: str = "relu", steps: int = 6) -> GradientMonitor:
+    torch.manual_seed(0)
+    model = MLP(2, 3, depth=4, width=8, activation=activation)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    inputs, targets = torch.randn(32, 2), torch.randint(0, 3, (32,))
+    with GradientMonitor(model, optimizer, histogram_every=2) as monitor:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            F.cross_entropy(model(inputs), targets).backward()
+            monitor.record()
+            optimizer.step()
+    return monitor
+
+
+@pytest.fixture(scope="module")
+def relu_run() -> GradientMonitor:
+    return monitored_run("relu")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def assert_labelled(ax: Axes) -> None:
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_use_course_style_sets_a_small_dpi_and_readable_fonts():
+    with mpl.rc_context():
+        plots.use_course_style()
+        assert mpl.rcParams["figure.dpi"] == 90
+        assert mpl.rcParams["font.size"] >= 10
+
+
+def test_gradient_flow_bars_are_the_recorded_norms_on_a_log_scale(relu_run):
+    ax = plots.plot_gradient_flow(relu_run, step=3)
+    heights = [bar.get_height() for bar in ax.patches]
+    expected = [r.grad_norm for r in relu_run.history if r.step == 3]
+    assert heights == pytest.approx(expected)
+    assert ax.get_yscale() == "log" and "step 3" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == relu_run.layers
+    assert_labelled(ax)
+
+
+def test_gradient_flow_marks_layers_with_nan_gradients():
+    torch.manual_seed(0)
+    model = MLP(2, 3, depth=3, width=4)
+    with GradientMonitor(model) as monitor:
+        model(torch.randn(5, 2)).sum().backward()
+        model.hidden[1].linear.weight.grad[0, 0] = float("nan")
+        monitor.record()
+    ax = plots.plot_gradient_flow(monitor.history)
+    assert any("NaN/Inf" in t.get_text() for t in ax.texts)
+
+
+def test_gradient_flow_rejects_a_step_that_was_not_recorded(relu_run):
+    with pytest.raises(ValueError, match="no record at step 99"):
+        plots.plot_gradient_flow(relu_run, step=99)
+
+
+def test_heatmap_is_layer_by_step_with_zeros_below_the_scale():
+    torch.manual_seed(0)
+    model = MLP(2, 3, depth=3, width=4)
+    with GradientMonitor(model) as monitor:
+        for step in range(3):
+            model.zero_grad()
+            model(torch.randn(5, 2)).sum().backward()
+            if step == 1:
+                model.hidden[0].linear.weight.grad.zero_()
+                model.hidden[0].linear.bias.grad.zero_()
+            monitor.record()
+    ax = plots.plot_gradient_heatmap(monitor)
+    mesh = ax.collections[0]
+    values = mesh.get_array().reshape(3, 3)  # [layers, steps]
+    assert values[0, 1] < mesh.norm.vmin  # drawn in the "under" colour (white)
+    layer_1_step_2 = next(r for r in monitor.history if r.layer == monitor.layers[1] and r.step == 2)
+    assert values[1, 2] == pytest.approx(layer_1_step_2.grad_norm)
+    assert mesh.norm.__class__.__name__ == "LogNorm"
+    assert_labelled(ax)
+
+
+def test_norms_over_time_draws_one_line_per_layer(relu_run):
+    ax = plots.plot_norms_over_time(relu_run)
+    assert len(ax.lines) == len(relu_run.layers) and ax.get_yscale() == "log"
+    assert_labelled(ax)
+
+
+def test_histograms_show_one_layer_over_time(relu_run):
+    ax = plots.plot_histograms(relu_run, "output")
+    assert ax.collections[0].get_array().shape == (40, 3)  # bins x recorded histogram steps
+    assert "log10" in ax.get_ylabel()
+    assert_labelled(ax)
+    ax = plots.plot_histograms(relu_run, "hidden.0.act", kind="activation")
+    assert ax.get_ylabel() == "activation value"
+
+
+def test_histograms_without_histogram_every_name_the_fix(relu_run):
+    with pytest.raises(ValueError, match="histogram_every"):
+        plots.plot_histograms(relu_run, "no.such.layer")
+
+
+def test_update_ratio_draws_the_rule_of_thumb_line(relu_run):
+    ax = plots.plot_update_ratio(relu_run)
+    rule = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert len(rule) == 1 and rule[0].get_ydata()[0] == pytest.approx(1e-3)
+    assert len(ax.lines) == len(relu_run.layers) + 1 and ax.get_yscale() == "log"
+    assert_labelled(ax)
+
+
+def test_update_ratio_without_an_optimizer_names_the_fix():
+    torch.manual_seed(0)
+    model = MLP(2, 3, depth=2, width=4)
+    with GradientMonitor(model) as monitor:
+        model(torch.randn(5, 2)).sum().backward()
+        monitor.record()
+    with pytest.raises(ValueError, match=r"GradientMonitor\(model, optimizer\)"):
+        plots.plot_update_ratio(monitor)
+
+
+def test_activation_panels_show_dead_units_and_say_when_there_is_no_tanh(relu_run):
+    fig = plots.plot_activation_health(relu_run)
+    dead, saturated = fig.axes[:2]
+    assert len(dead.lines) == 3  # three ReLU layers
+    assert any("no tanh or sigmoid layers" in t.get_text() for t in saturated.texts)
+    for ax in (dead, saturated):
+        assert_labelled(ax)
+
+
+def test_saturation_panel_plots_tanh_layers():
+    ax = plots.plot_activation_fraction(monitored_run("tanh"), "saturated_fraction")
+    assert len(ax.lines) == 3
+    with pytest.raises(ValueError, match="field must be one of"):
+        plots.plot_activation_fraction(monitored_run("tanh", steps=1), "mean")
+
+
+def test_dashboard_has_four_titled_panels(relu_run):
+    fig = plots.plot_dashboard(relu_run, title="run")
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert isinstance(fig, Figure) and len(panels) == 4
+
+
+@pytest.mark.parametrize("draw", [plots.plot_gradient_flow, plots.plot_gradient_heatmap,
+                                  plots.plot_norms_over_time, plots.plot_update_ratio])
+def test_plots_of_no_records_name_the_fix(draw):
+    with pytest.raises(ValueError, match=r"monitor\.record\(\)"):
+        draw([])
+
+
+def test_layer_colors_run_from_input_to_output():
+    colors = plots.layer_colors(["a", "b", "c"])
+    assert list(colors) == ["a", "b", "c"] and len(set(colors.values())) == 3
+    assert np.allclose(colors["a"], mpl.colormaps["viridis"](0.0))
