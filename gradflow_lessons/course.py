@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -72,6 +73,22 @@ def setup() -> Path:
     return python
 
 
+def ensure_browser() -> None:
+    """Install Debian's chromium for the browser tests when it is missing and we can."""
+    if os.environ.get("GRADFLOW_CHROMIUM") or shutil.which("chromium"):
+        return
+    apt = shutil.which("apt-get")
+    if not apt or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        say("Chromium not found, so the browser tests will be skipped; install your system's "
+            "chromium package or set GRADFLOW_CHROMIUM to a Chromium binary to run them")
+        return
+    say("installing Debian's chromium for the browser tests (once) ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-q", "chromium"]
+    if run(install, env=env) != 0 and (run([apt, "update", "-q"], env=env) or run(install, env=env)):
+        say("could not install chromium; the browser tests will fail in CI and skip elsewhere")
+
+
 def start(extra: list[str]) -> int:
     python = setup()
     say(f"opening JupyterLab on {INDEX} (stop it with Ctrl+C) ...")
@@ -84,6 +101,7 @@ def start(extra: list[str]) -> int:
 
 def test(extra: list[str]) -> int:
     python = setup()
+    ensure_browser()
     say("running the test suite: library tests, then every notebook under nbval ...")
     return run([python, "-m", "pytest", *extra])
 

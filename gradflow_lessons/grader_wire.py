@@ -47,8 +47,24 @@ _DTYPES = {
 _NUMPY_KINDS = "biufc"
 
 
+# A check may expect the student's function to raise one of these (``except ValueError``):
+# the grader's copy of the error is then also an instance of that built-in class.
+_BUILTIN_ERRORS = {
+    e.__name__: e
+    for e in (ValueError, TypeError, IndexError, KeyError, LookupError, RuntimeError,
+              NotImplementedError, ZeroDivisionError, ArithmeticError, AttributeError)
+}
+_MIXED_ERRORS: dict[str, type] = {}
+
+
 class StudentCodeError(Exception):
     """The student's code raised, timed out, or its kernel died during a call."""
+
+    def __new__(cls, ename: str = "", evalue: str = "", what: str = "your code"):
+        builtin = _BUILTIN_ERRORS.get(ename)
+        if cls is StudentCodeError and builtin is not None:
+            cls = _MIXED_ERRORS.setdefault(ename, type(f"Student{ename}", (StudentCodeError, builtin), {}))
+        return super().__new__(cls, ename, evalue, what)
 
     def __init__(self, ename: str, evalue: str, what: str = "your code"):
         self.ename, self.evalue, self.what = ename, evalue, what

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config: pytest.Config) -> None:
     # nbval's kernels inherit this process's environment.
     kernel_environment()
+    # nbval colours its diffs unless told not to; logs (CI) are not terminals.
+    if config.option.color == "auto" and not sys.stdout.isatty():
+        config.option.color = "no"
 
 
 @pytest.fixture

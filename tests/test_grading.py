@@ -542,3 +542,12 @@ def test_run_as_puts_the_solutions_out_of_the_student_kernels_reach(tmp_path):
                     out=tmp_path / "g.csv", timeout=20, run_as="nobody", progress=lambda line: None)
     assert [c.earned for c in results[0].checks] == [0, 3, 2]
     assert "PermissionError" in results[0].checks[0].message
+
+
+def test_a_student_error_is_also_the_builtin_error_a_check_may_expect():
+    from gradflow_lessons.grader_wire import StudentCodeError
+
+    error = StudentCodeError("ValueError", "need at least 2 samples", "noise_statistics")
+    assert isinstance(error, ValueError) and isinstance(error, StudentCodeError)
+    assert str(error) == "noise_statistics raised ValueError: need at least 2 samples"
+    assert not isinstance(StudentCodeError("SystemExit", ""), ValueError)
