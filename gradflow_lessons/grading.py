@@ -300,8 +300,21 @@ def main(argv: list[str] | None = None) -> int:
                         "untouched exercises (default: the course's exercises/)")
     args = parser.parse_args(argv)
     # Checks run in this process and student code in CPU-only kernels: keep both on the CPU.
+    # Restored on return, so calling main() from Python (tests, a notebook) leaks nothing.
+    saved = {key: os.environ.get(key) for key in ("CUDA_VISIBLE_DEVICES", "MPLBACKEND")}
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        return _run(parser, args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
     if args.self_check is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # nbval colours its diffs unless told not to; logs (CI) are not terminals.
     if config.option.color == "auto" and not sys.stdout.isatty():
         config.option.color = "no"
+
+
+@pytest.fixture(autouse=True)
+def _no_environment_leaks():
+    """Restore os.environ after every test: the nbval kernels that run later inherit it
+    (a leaked MPLBACKEND=Agg once made every lesson figure disappear)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture

@@ -551,3 +551,14 @@ def test_a_student_error_is_also_the_builtin_error_a_check_may_expect():
     assert isinstance(error, ValueError) and isinstance(error, StudentCodeError)
     assert str(error) == "noise_statistics raised ValueError: need at least 2 samples"
     assert not isinstance(StudentCodeError("SystemExit", ""), ValueError)
+
+
+def test_the_grading_command_leaves_the_callers_environment_as_it_was(monkeypatch):
+    import os
+
+    from gradflow_lessons.grading import main
+
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--self-check", "no-such-notebook.ipynb"])
+    assert "MPLBACKEND" not in os.environ
