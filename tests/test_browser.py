@@ -110,7 +110,7 @@ def browser():
 def open_and_run_all(page, url: str) -> None:
     page.goto(url)
     page.wait_for_function("window.jupyterapp !== undefined", timeout=90_000)
-    page.wait_for_selector(".jp-Notebook", timeout=90_000)
+    page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook", timeout=90_000)
     try:  # JupyterLab may ask which kernel to start
         page.click(".jp-Dialog .jp-mod-accept", timeout=5_000)
     except Exception:
@@ -121,7 +121,8 @@ def open_and_run_all(page, url: str) -> None:
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     # Every code cell gets a number once run; none may still show [*].
     page.wait_for_function(
-        "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];"
+        "() => { const p = [...document.querySelectorAll("
+        "'.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputArea-prompt')];"
         " return p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.textContent)); }",
         timeout=180_000,
     )
@@ -141,13 +142,17 @@ def wait_until(page, failure: str, predicate: str, arg, seconds: float) -> None:
 def test_lesson_widgets_render_and_redraw_when_a_slider_moves(jupyterlab, browser, notebook):
     relative = notebook.relative_to(ROOT).as_posix()
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # A workspace of its own, reset: JupyterLab would otherwise reopen the earlier lessons'
+    # tabs, and their cells would answer the selectors below.
+    url = f"{jupyterlab}/lab/workspaces/{notebook.stem}/tree/{relative}?reset&token={TOKEN}"
     try:
-        open_and_run_all(page, f"{jupyterlab}/lab/tree/{relative}?token={TOKEN}")
+        open_and_run_all(page, url)
+        panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
         assert page.locator("text=Error displaying widget").count() == 0
-        assert page.locator(ERROR_OUTPUT).count() == 0, "a cell raised in the browser"
-        slider = page.locator(".widget-slider").first
+        assert panel.locator(ERROR_OUTPUT).count() == 0, "a cell raised in the browser"
+        slider = panel.locator(".widget-slider").first
         slider.wait_for(timeout=30_000)
-        area = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
+        area = panel.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
         readout = area.locator(".widget-readout").first
         figure = area.locator("img").first
         figure.wait_for(timeout=30_000)
