@@ -77,3 +77,16 @@ def test_rnn_recurrent_gain_sets_the_spectral_radius():
 def test_rnn_rejects_unbatched_input_with_the_expected_shape():
     with pytest.raises(ValueError, match=r"\[N, T, input_size\]"):
         RNNClassifier(3, 8, 2)(torch.randn(10, 3))
+
+
+def test_normal_init_has_std_gain_over_sqrt_fan_in():
+    torch.manual_seed(0)
+    layer = init_linear_(torch.nn.Linear(400, 300), "normal", gain=3.0)
+    assert layer.weight.std().item() == pytest.approx(3.0 / 400**0.5, rel=0.02)
+
+
+def test_init_counts_a_convolution_fan_in_over_the_kernel():
+    torch.manual_seed(0)
+    conv = init_linear_(torch.nn.Conv2d(40, 64, 3), "xavier")
+    fan_in, fan_out = 40 * 9, 64 * 9
+    assert conv.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.03)
