@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 
 import ipywidgets as widgets
+import matplotlib as mpl
 import torch
 from matplotlib.figure import Figure
 
@@ -35,7 +36,11 @@ def figure_png(figure: Figure, dpi: int = 100) -> bytes:
     records exactly what a browser shows: the widget view.
     """
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
+    # savefig restores a figure without a layout engine by asking rcParams again, so under the
+    # course style (constrained layout) a fixed-layout figure would turn constrained after its
+    # first render, and every later render would pay for the layout pass.
+    with mpl.rc_context({"figure.constrained_layout.use": False, "figure.autolayout": False}):
+        figure.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 

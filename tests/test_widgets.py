@@ -58,3 +58,20 @@ def test_the_figure_is_shown_as_png_bytes_that_change_with_the_slider(explorer):
     explorer.depth.value = 9
     after = bytes(explorer.image.value)
     assert after.startswith(b"\x89PNG") and after != before
+
+
+def test_rendering_keeps_a_fixed_layout_figure_fixed_under_the_course_style():
+    import matplotlib as mpl
+    from matplotlib.figure import Figure
+
+    from gradflow_lessons.widgets import figure_png
+
+    with mpl.rc_context({"figure.constrained_layout.use": True}):
+        figure = Figure(layout="none")
+        figure.subplots().plot([1, 2])
+        assert figure_png(figure)[:8] == b"\x89PNG\r\n\x1a\n"
+        assert figure.get_layout_engine() is None  # savefig used to restore it from rcParams
+        constrained = Figure(layout="constrained")
+        constrained.subplots()
+        figure_png(constrained)
+        assert constrained.get_layout_engine() is not None
