@@ -105,15 +105,17 @@ def check_close(
         print(f"{PASS} {name}")
 
 
-def check_true(condition: object, name: str, message: str) -> None:
-    """Fail with ``message`` unless ``condition`` is a real ``True`` (not merely truthy)."""
+def check_true(condition: object, name: str, message: str, quiet: bool = False) -> None:
+    """Fail with ``message`` unless ``condition`` is a real ``True`` (not merely truthy).
+    ``quiet``: pass without printing (for hidden checks that run many cases)."""
     if isinstance(condition, torch.Tensor) and condition.numel() == 1:
         condition = bool(condition.item())
     elif isinstance(condition, np.bool_):
         condition = bool(condition)
     if condition is not True:
         raise CheckFailed(f"{name}: {message}")
-    print(f"{PASS} {name}")
+    if not quiet:
+        print(f"{PASS} {name}")
 
 
 # --------------------------------------------------------------------------- the command

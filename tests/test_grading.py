@@ -90,6 +90,15 @@ def test_check_true_does_not_accept_merely_truthy_values():
     check_true(torch.tensor(True), "tensor flag", "ok")
 
 
+def test_a_quiet_check_true_prints_nothing_when_it_passes_and_still_fails(capsys):
+    check_true(True, "hidden case", "ok", quiet=True)
+    assert capsys.readouterr().out == ""
+    check_true(True, "public case", "ok")
+    assert "public case" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="hidden case: wrong"):
+        check_true(False, "hidden case", "wrong", quiet=True)
+
+
 # --------------------------------------------------------------------------- the grader's wire
 
 ROOT = Path(__file__).resolve().parent.parent
