@@ -50,8 +50,8 @@ LESSONS: tuple[Lesson, ...] = (
            "Hessian-vector products; power iteration and Lanczos; trace; spectrum; edge of "
            "stability", 40),
     Lesson("09", "Diagnose and fix", "09_diagnose_and_fix.ipynb",
-           "Detect vanishing, exploding, dead, saturated and non-finite gradients and apply "
-           "the prescribed fix", 35, "09_gradient_dashboard.ipynb"),
+           "Detect vanishing, exploding, dead, saturated and non-finite gradients (and a too-high "
+           "learning rate) and apply the prescribed fix", 40, "09_gradient_dashboard.ipynb"),
     Lesson("10", "Interview deep-dive", "10_interview_questions.ipynb",
            "Sigmoid vs ReLU and dead ReLUs; why skips work and when they do not; choosing a "
            "clipping threshold, each backed by an experiment", 30),

@@ -1,10 +1,11 @@
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from gradflow_lessons.diagnose import KINDS, Diagnosis, diagnose
+from gradflow_lessons.diagnose import KINDS, LOSS_GROWTH_MAX, UPDATE_RATIO_MAX, Diagnosis, diagnose
 from gradflow_lessons.models import MLP
 from gradflow_lessons.skips import ResidualCNN, ResidualMLP
 
@@ -171,3 +172,189 @@ def test_the_report_is_readable_text():
     healthy = diagnose(mlp(0, depth=4, init="kaiming"), mse, *batch())
     assert healthy.report().startswith("healthy")
 
+
+
+# Watching a few training steps (optimizer=..., steps=...) to catch a too-high learning rate.
+
+HEALTHY_FOR_WATCHING = {
+    "tanh with Xavier init": dict(depth=10, activation="tanh", init="xavier"),
+    "GELU with Kaiming init": dict(depth=10, activation="gelu", init="kaiming"),
+    "deep ReLU with Kaiming init": dict(depth=30, activation="relu", init="kaiming"),
+}
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    return copy.deepcopy(optimizer.state_dict())
+
+
+def same_state(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same_state, a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", list(HEALTHY_FOR_WATCHING))
+def test_watching_catches_a_too_high_sgd_learning_rate_that_one_pass_misses(case, seed):
+    model = mlp(seed, **HEALTHY_FOR_WATCHING[case])
+    assert diagnose(model, mse, *batch(seed)).healthy
+    diagnosis = diagnose(model, mse, *batch(seed), optimizer=torch.optim.SGD(model.parameters(), lr=5.0),
+                         steps=10)
+    assert diagnosis.kinds == ["exploding"]
+    finding = diagnosis.findings[0]
+    assert finding.evidence["learning_rate"] == 5.0
+    assert "learning rate" in finding.fix and "0.5" in finding.fix and "clip" in finding.fix
+    assert all(isinstance(v, float) for v in finding.evidence.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", list(HEALTHY_FOR_WATCHING))
+def test_watching_catches_a_too_high_adam_learning_rate(case, seed):
+    model = mlp(seed, **HEALTHY_FOR_WATCHING[case])
+    diagnosis = diagnose(model, mse, *batch(seed), optimizer=torch.optim.Adam(model.parameters(), lr=1.0),
+                         steps=10)
+    assert diagnosis.kinds == ["exploding"]
+    evidence = diagnosis.findings[0].evidence
+    assert evidence["max_update_ratio"] > UPDATE_RATIO_MAX or evidence["loss_growth"] > LOSS_GROWTH_MAX
+    assert "to about 0.1" in diagnosis.findings[0].fix
+
+
+def test_a_loss_that_becomes_nan_while_watching_is_reported_with_its_step():
+    model = mlp(0, depth=30, activation="relu", init="kaiming")
+    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
+    diagnosis = diagnose(model, mse, *batch(0), optimizer=optimizer, steps=10)
+    evidence = diagnosis.findings[0].evidence
+    assert not math.isfinite(diagnosis.watched_losses[-1])
+    assert evidence["first_nonfinite_step"] == len(diagnosis.watched_losses) - 1 <= 10
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", list(HEALTHY_FOR_WATCHING))
+def test_watching_is_silent_at_a_good_learning_rate(case, seed):
+    model = mlp(seed, **HEALTHY_FOR_WATCHING[case])
+    good_sgd = 0.01 if "ReLU" in case else 0.1  # SGD 0.1 diverges on the 30-layer ReLU net
+    for optimizer in (torch.optim.SGD(model.parameters(), lr=good_sgd),
+                      torch.optim.SGD(model.parameters(), lr=good_sgd / 10, momentum=0.9),
+                      torch.optim.Adam(model.parameters(), lr=1e-3)):
+        diagnosis = diagnose(model, mse, *batch(seed), optimizer=optimizer, steps=10)
+        assert diagnosis.healthy, diagnosis.report()
+        assert len(diagnosis.watched_losses) == 11
+        assert diagnosis.watched_losses[-1] < diagnosis.watched_losses[0]
+
+
+def test_watched_losses_and_update_ratios_match_a_manual_run_that_keeps_the_momentum():
+    model = mlp(0, depth=3, width=5)
+    inputs, targets = batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(2):  # build up a momentum buffer that the watched steps must continue from
+        optimizer.zero_grad()
+        mse(model(inputs), targets).backward()
+        optimizer.step()
+    diagnosis = diagnose(model, mse, inputs, targets, optimizer=optimizer, steps=3)
+
+    manual = copy.deepcopy(model)
+    manual_optimizer = torch.optim.SGD(manual.parameters(), lr=0.05, momentum=0.9)
+    manual_optimizer.load_state_dict(optimizer_state(optimizer))
+    losses, ratios = [], {name: [] for name, _ in manual.linear_layers()}
+    for _ in range(3):
+        manual_optimizer.zero_grad()
+        loss = mse(manual(inputs), targets)
+        loss.backward()
+        before = {name: [p.detach().clone() for p in m.parameters()] for name, m in manual.linear_layers()}
+        manual_optimizer.step()
+        losses.append(loss.item())
+        for name, module in manual.linear_layers():
+            after = list(module.parameters())
+            step = sum((a - b).pow(2).sum() for a, b in zip(after, before[name])).sqrt()
+            ratios[name].append((step / sum(a.pow(2).sum() for a in after).sqrt()).item())
+    losses.append(mse(manual(inputs), targets).item())
+    assert diagnosis.watched_losses == pytest.approx(losses, rel=1e-12)
+    assert list(diagnosis.update_ratio) == list(ratios)
+    for name, expected in ratios.items():
+        assert diagnosis.update_ratio[name] == pytest.approx(expected, rel=1e-10)
+
+
+def test_watching_leaves_the_model_its_gradients_and_the_optimizer_state_untouched():
+    model = mlp(0, depth=4, width=8)
+    inputs, targets = batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    for _ in range(2):
+        optimizer.zero_grad()
+        mse(model(inputs), targets).backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=False)
+    mse(model(inputs), targets).backward()  # a .grad the user has not stepped yet
+    grads = [p.grad.clone() for p in model.parameters()]
+    weights = copy.deepcopy(model.state_dict())
+    state = optimizer_state(optimizer)
+    groups = [list(g["params"]) for g in optimizer.param_groups]
+
+    diagnosis = diagnose(model, mse, inputs, targets, optimizer=optimizer, steps=5)
+    assert diagnosis.kinds == ["exploding"]  # the copy really trained, at a crazy learning rate
+    assert same_state(dict(model.state_dict()), weights)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert same_state(optimizer.state_dict(), state)
+    assert all(a is b for g, saved in zip(optimizer.param_groups, groups) for a, b in zip(g["params"], saved))
+
+
+def test_watching_leaves_no_hooks_on_the_model_or_the_optimizer():
+    model = mlp(0, depth=4, width=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    diagnose(model, mse, *batch(), optimizer=optimizer, steps=3)
+    assert hook_count(model) == 0
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+
+
+def test_watching_steps_without_an_optimizer_raises_a_value_error_naming_the_fix():
+    with pytest.raises(ValueError, match="optimizer="):
+        diagnose(mlp(0, depth=3, width=5), mse, *batch(), steps=5)
+
+
+def test_negative_steps_raise_a_value_error():
+    model = mlp(0, depth=3, width=5)
+    with pytest.raises(ValueError, match="steps=0"):
+        diagnose(model, mse, *batch(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1), steps=-1)
+
+
+def test_an_optimizer_over_other_tensors_raises_a_value_error():
+    model = mlp(0, depth=3, width=5)
+    stranger = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    optimizer = torch.optim.SGD([*model.parameters(), stranger], lr=0.1)
+    with pytest.raises(ValueError, match="model.parameters"):
+        diagnose(model, mse, *batch(), optimizer=optimizer, steps=2)
+
+
+def test_an_optimizer_with_zero_steps_warns_that_it_is_ignored():
+    model = mlp(0, depth=3, width=5)
+    with pytest.warns(UserWarning, match="steps=10"):
+        diagnosis = diagnose(model, mse, *batch(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert diagnosis.watched_losses == [] and diagnosis.update_ratio == {}
+
+
+def test_the_default_of_zero_steps_is_the_one_pass_diagnosis():
+    for kwargs in (dict(depth=4, init="kaiming"), dict(depth=10, activation="sigmoid")):
+        default = diagnose(mlp(0, **kwargs), mse, *batch())
+        explicit = diagnose(mlp(0, **kwargs), mse, *batch(), steps=0)
+        assert default == explicit
+        assert default.watched_losses == [] and default.update_ratio == {}
+        assert "watched" not in default.report()
+
+
+def test_a_too_high_learning_rate_on_an_exploding_init_stays_one_finding():
+    model = mlp(0, depth=10, init="kaiming", gain=2.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    diagnosis = diagnose(model, mse, *batch(), optimizer=optimizer, steps=5)
+    assert diagnosis.kinds == ["exploding"]
+    assert "kaiming_gain" in diagnosis.findings[0].evidence
+    assert diagnosis.findings[0].evidence["learning_rate"] == 1.0
+
+
+def test_the_report_shows_the_watched_losses():
+    model = mlp(0, depth=4, init="kaiming")
+    text = diagnose(model, mse, *batch(), optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+                    steps=4).report()
+    assert text.startswith("healthy") and "watched 4 steps: loss" in text
