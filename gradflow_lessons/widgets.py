@@ -137,7 +137,7 @@ def _fast_log_figure() -> tuple[Figure, object]:
     on every draw)."""
     from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter
 
-    figure = Figure(figsize=(8, 3.6))
+    figure = Figure(figsize=(8, 3.6), layout="none")  # not the course style's constrained layout
     figure.subplots_adjust(left=0.1, right=0.97, bottom=0.14, top=0.9)
     axes = figure.subplots()
     axes.set_yscale("log")

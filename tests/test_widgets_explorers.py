@@ -139,3 +139,19 @@ def test_the_steps_slider_and_the_nonlinearity_dropdown_redraw(recurrence):
     assert drawn(recurrence.line) == pytest.approx(
         recurrence_gradient_norms(0.9, 40, width=8, nonlinearity="tanh"))
     assert recurrence.axes.get_title().startswith("tanh recurrence")
+
+
+def test_explorer_figures_keep_their_fixed_layout_under_the_course_style(batch):
+    import warnings
+
+    import matplotlib as mpl
+
+    from gradflow_lessons.plots import use_course_style
+
+    with mpl.rc_context(), warnings.catch_warnings():
+        use_course_style()  # constrained layout by default: the explorers must not inherit it
+        warnings.simplefilter("error")
+        explorers = [GradientFlowExplorer(*batch, depth=3, width=16), RecurrenceExplorer(steps=5)]
+        explorers[0].depth.value = 4
+        explorers[1].steps.value = 6
+    assert [e.figure.get_layout_engine() for e in explorers] == [None, None]
