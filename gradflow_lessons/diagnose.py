@@ -79,20 +79,19 @@ part. Xavier-initialised tanh measures 0.00; tanh with gain 4 or inputs x10, 0.4
 LOSS_GROWTH_MAX = 2.0
 """Watched training explodes when the loss after the last watched step is above this
 multiple of the first (on a fixed batch a small enough step never raises the loss: the
-descent lemma). Measured ("watched" below: ReLU x30 and x4, GELU x10 Kaiming, tanh x10
-Xavier, pre-LN residual x16; seeds 0-4; 5, 10, 20 steps; float32 and float64): good
-learning rates (SGD 0.01, Adam 1e-3; SGD 0.1 on tanh) end at <= 1.0x, Adam 1e-2 at
-<= 1.1x (mid-run spikes up to 54x recover, so the final loss counts); SGD 1 and 5 end
-at >= 650x or NaN."""
+descent lemma). ``benchmarks/diagnose_thresholds.py`` (ReLU x30 and x4, GELU x10 Kaiming,
+tanh x10 Xavier, pre-LN residual x16; seeds 0-4; 5, 10, 20 steps; float32 and float64):
+good learning rates (SGD 0.01, Adam 1e-3) end at <= 1.0x, Adam 1e-2 at <= 1.1x (mid-run
+spikes recover, so the final loss counts); SGD 1 and 5 end at >= 990x or NaN."""
 
 UPDATE_RATIO_MAX = 0.15
 """Watched training explodes when, at some step, the median over weight layers of the
 update-to-data ratio ``||W_after - W_before|| / ||W_after||`` is above this (healthy:
-~1e-3, Karpathy 2019). Watched: good learning rates <= 0.047, Adam 1e-2 <= 0.098; Adam 0.1
->= 0.26 and Adam 1 >= 0.94, whose loss can still fall (0.13x): Adam moves every weight by
-~lr per step, whatever the gradient. Good runs flagged: 0/360; too-high (SGD 1, 5, Adam
-0.1, 1) caught: 600/600. SGD 0.1 is too high for 4 of the 5 nets: NaN in 24/60 runs, or
-(ReLU x4) a 3.5-48x loss spike in the first steps, where lr 0.03 falls smoothly."""
+~1e-3, Karpathy 2019). Same sweep: good learning rates <= 0.021, Adam 1e-2 <= 0.098; Adam
+0.1 >= 0.25 and Adam 1 >= 0.94, though Adam 0.1's loss can still fall (to 0.15x): Adam
+moves every weight by ~lr per step, whatever the gradient. Good runs flagged: 0/300;
+too-high (SGD 1, 5, Adam 0.1, 1) caught: 600/600. SGD 0.1 is too high for several of these
+nets (flagged in 84/150 runs); lesson 09 shows where."""
 
 KINDS = ("vanishing", "exploding", "dead_relu", "saturation", "nonfinite")
 

@@ -358,3 +358,19 @@ def test_the_report_shows_the_watched_losses():
     text = diagnose(model, mse, *batch(), optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
                     steps=4).report()
     assert text.startswith("healthy") and "watched 4 steps: loss" in text
+
+
+def test_the_threshold_sweep_flags_no_good_learning_rate_and_catches_every_too_high_one(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnose_thresholds.py"
+    spec = importlib.util.spec_from_file_location("diagnose_thresholds", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    threads = torch.get_num_threads()
+    totals = benchmark.main(["--quick"])
+    assert totals[False] == [0, 20]  # SGD 0.01 and Adam 1e-3: 5 networks x 2 seeds each
+    assert totals[True] == [40, 40]
+    assert torch.get_num_threads() == threads
+    assert "good learning rates flagged: 0/20" in capsys.readouterr().out
