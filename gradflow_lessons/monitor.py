@@ -48,6 +48,17 @@ DEAD_KINDS = (nn.ReLU, nn.ReLU6)
 SATURATING_KINDS = (nn.Tanh, nn.Sigmoid)
 
 
+def count_hooks(model: nn.Module) -> int:
+    """How many module hooks are registered on ``model`` and its submodules: forward,
+    forward-pre, backward and backward-pre hooks, PyTorch's global ones not included.
+
+    The course's tools promise that this is the same after a call (or a ``with`` block)
+    as before it: ``count_hooks(model) == 0`` after ``GradientMonitor`` has closed.
+    """
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return sum(len(getattr(m, kind, {})) for m in model.modules() for kind in kinds)
+
+
 @dataclass
 class GradientRecord:
     """Gradient statistics of one module at one step (plain CPU numbers).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,17 +12,28 @@ import pytest
 
 matplotlib.use("Agg")
 
-from gradflow_lessons.build import kernel_environment  # noqa: E402
+from gradflow_lessons.tooling.build import kernel_environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_KERNEL_ENVIRONMENT = contextlib.ExitStack()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    # nbval's kernels inherit this process's environment.
-    kernel_environment()
+    # nbval's kernels inherit this process's environment: give the test process the
+    # builder's kernel environment for the session (on purpose), and undo it at the end.
+    saved = dict(os.environ)
+    _KERNEL_ENVIRONMENT.callback(lambda: (os.environ.clear(), os.environ.update(saved)))
+    os.environ.clear()
+    os.environ.update(_KERNEL_ENVIRONMENT.enter_context(kernel_environment(saved)))
     # nbval colours its diffs unless told not to; logs (CI) are not terminals.
     if config.option.color == "auto" and not sys.stdout.isatty():
         config.option.color = "no"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _KERNEL_ENVIRONMENT.close()
 
 
 @pytest.fixture(autouse=True)

@@ -5,16 +5,15 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from gradflow_lessons import build
-from gradflow_lessons.build import (
+from gradflow_lessons.grading.markers import (
     CODE_STUB,
     MARKDOWN_STUB,
-    BuildError,
     MarkerError,
-    execute_notebook,
     generate_exercise,
     strip_markers,
 )
+from gradflow_lessons.tooling import build
+from gradflow_lessons.tooling.build import BuildError, execute_notebook
 
 SOLVED = """def f(x):
     ### BEGIN SOLUTION

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from gradflow_lessons import course
-from gradflow_lessons.syllabus import LESSONS, markdown_table
+from gradflow_lessons.tooling.syllabus import LESSONS, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def test_readme_course_map_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
     assert markdown_table(ROOT) in readme, (
         "README's course map is stale: paste the output of "
-        "`python -c 'from pathlib import Path; from gradflow_lessons.syllabus import "
+        "`python -c 'from pathlib import Path; from gradflow_lessons.tooling.syllabus import "
         "markdown_table; print(markdown_table(Path.cwd()))'`"
     )
 

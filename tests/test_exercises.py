@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from conftest import error_of, graded_cells, run_notebook
 
-from gradflow_lessons.grading import PASS
+from gradflow_lessons.checks import PASS
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))

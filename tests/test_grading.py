@@ -13,9 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from gradflow_lessons import grader_wire
-from gradflow_lessons.grader import Exercise, SubmissionError, bound_names, read_submission
-from gradflow_lessons.grader_wire import (
+from gradflow_lessons.checks import CheckFailed, check_close, check_shape, check_true
+from gradflow_lessons.grading import wire as grader_wire
+from gradflow_lessons.grading.cli import (
+    feedback_text,
+    grade,
+    infer_exercise,
+    main,
+    pick_exercise,
+    self_check,
+)
+from gradflow_lessons.grading.exercise import Exercise, SubmissionError, bound_names, read_submission
+from gradflow_lessons.grading.wire import (
     REFERENCE_MODULE,
     RemoteObject,
     WireError,
@@ -24,18 +33,6 @@ from gradflow_lessons.grader_wire import (
     pack_call,
     restore_state,
     serve,
-)
-from gradflow_lessons.grading import (
-    CheckFailed,
-    check_close,
-    check_shape,
-    check_true,
-    feedback_text,
-    grade,
-    infer_exercise,
-    main,
-    pick_exercise,
-    self_check,
 )
 
 
@@ -294,7 +291,7 @@ def edit(nb, cell_id, change):
 
 
 PATCH_EVERYTHING = """\
-import builtins, torch, gradflow_lessons.grading as g
+import builtins, torch, gradflow_lessons.checks as g
 g.check_close = g.check_shape = g.check_true = lambda *a, **k: print("\\u2713 all good")
 torch.allclose = lambda *a, **k: True
 torch.testing.assert_close = lambda *a, **k: None
@@ -554,7 +551,7 @@ def test_run_as_puts_the_solutions_out_of_the_student_kernels_reach(tmp_path):
 
 
 def test_a_student_error_is_also_the_builtin_error_a_check_may_expect():
-    from gradflow_lessons.grader_wire import StudentCodeError
+    from gradflow_lessons.grading.wire import StudentCodeError
 
     error = StudentCodeError("ValueError", "need at least 2 samples", "noise_statistics")
     assert isinstance(error, ValueError) and isinstance(error, StudentCodeError)

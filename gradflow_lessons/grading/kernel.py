@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gradflow_lessons.grader_wire import (
+from gradflow_lessons.grading.wire import (
     RemoteObject,
     StudentCodeError,
     WireError,
@@ -133,7 +133,7 @@ class StudentKernel:
         # Import torch and the reply code before the clock starts: a slow import on a busy
         # machine is not the student's time, and an interrupted import would break replies.
         self.budget_end = time.monotonic() + STARTUP_S
-        content = self.execute("__import__('gradflow_lessons.grader_wire') and None", limit=STARTUP_S)
+        content = self.execute("__import__('gradflow_lessons.grading.wire') and None", limit=STARTUP_S)
         # The kernel has read its connection file: remove it, so that no other process
         # (a leftover from an earlier submission) can find the key and talk to this kernel.
         Path(self.km.connection_file).unlink(missing_ok=True)
@@ -249,7 +249,8 @@ class StudentKernel:
         if args is not None:
             fields, tensors = pack_call(args)
             request.update(fields)
-        expression = f"__import__('gradflow_lessons.grader_wire').grader_wire.serve({json.dumps(request)!r})"
+        serve = "__import__('gradflow_lessons.grading.wire').grading.wire.serve"
+        expression = f"{serve}({json.dumps(request)!r})"
         try:
             content = self.execute("", {"reply": expression})
         except KernelGone as e:

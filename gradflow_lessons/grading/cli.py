@@ -1,11 +1,4 @@
-"""Checks for the exercises: the same functions the learner runs and the grader grades with.
-
-A check cell calls these helpers on the learner's values. Each check either prints one
-line starting with a tick, or raises ``AssertionError`` with a message that says what
-was expected, what came back, and where to look. Values are type-checked before they
-are compared, so an object that claims to equal everything earns nothing.
-
-The same module is the grading command (:func:`main`)::
+"""The grading command: grade a class into a CSV, or check one's own notebook.
 
     gradflow-grade submissions/ --exercise 01_warmup_jacobians --out grades.csv --timeout 60
     python -m gradflow_lessons.grading --self-check exercises/01_warmup_jacobians.ipynb
@@ -13,7 +6,7 @@ The same module is the grading command (:func:`main`)::
 The first grades every notebook into one CSV row each (plus a JSON report and a feedback
 file per student); the second is the learner's check of their own notebook, check by
 check, with the public checks. How a submission is run without being trusted is in
-:mod:`gradflow_lessons.grader`.
+:mod:`gradflow_lessons.grading.session`.
 """
 
 from __future__ import annotations
@@ -21,107 +14,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import numbers
 import os
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import torch
-
-PASS = "\u2713"  # the tick printed by a passing check
-
-
-class CheckFailed(AssertionError):
-    """A check did not pass; the message is the feedback for the learner."""
-
-
-def as_tensor(value: object, name: str) -> torch.Tensor:
-    """``value`` as a float64 CPU tensor, if it is a tensor, a NumPy array or a real number.
-
-    Raises:
-        CheckFailed: anything else (``None``, a string, a custom object).
-    """
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", torch.float64)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
-            return torch.from_numpy(value).to(torch.float64)
-        raise CheckFailed(
-            f"{name}: expected a tensor or a number, got {type(value).__name__}. "
-            "Did your function return its result (and not print it, or return None)?"
-        )
-    return torch.tensor(float(value), dtype=torch.float64)
-
-
-def check_shape(value: object, shape: tuple[int, ...], name: str) -> None:
-    """Fail unless ``value`` is a tensor of exactly ``shape``."""
-    tensor = as_tensor(value, name)
-    if tuple(tensor.shape) != tuple(shape):
-        raise CheckFailed(f"{name}: expected shape {list(shape)}, got {list(tensor.shape)}")
-
-
-def check_close(
-    value: object,
-    expected: object,
-    name: str,
-    rtol: float = 1e-5,
-    atol: float = 1e-8,
-    hint: str = "",
-    quiet: bool = False,
-) -> None:
-    """Fail unless ``value`` matches ``expected`` elementwise: |v - e| <= atol + rtol |e|.
-
-    Args:
-        value: the learner's result (tensor, array or number).
-        expected: the reference result.
-        name: what is being checked, as the learner would say it.
-        rtol, atol: tolerances, as in ``torch.allclose``.
-        hint: where to look when the check fails.
-        quiet: pass without printing (for hidden checks that run many cases).
-
-    Raises:
-        CheckFailed: wrong type, shape, a NaN/Inf, or a value outside the tolerance.
-    """
-    got = as_tensor(value, name)
-    want = as_tensor(expected, f"{name} (reference)")
-    suffix = f" Hint: {hint}" if hint else ""
-    if got.shape != want.shape:
-        raise CheckFailed(
-            f"{name}: expected shape {list(want.shape)}, got {list(got.shape)}.{suffix}"
-        )
-    if not torch.isfinite(got).all():
-        raise CheckFailed(f"{name}: contains NaN or Inf.{suffix}")
-    if not torch.allclose(got, want, rtol=rtol, atol=atol):
-        error = (got - want).abs().max().item()
-        scale = want.abs().max().item()
-        raise CheckFailed(
-            f"{name}: off by up to {error:.3g} (reference values up to {scale:.3g}; "
-            f"tolerance rtol={rtol:g}, atol={atol:g}).{suffix}"
-        )
-    if not quiet:
-        print(f"{PASS} {name}")
-
-
-def check_true(condition: object, name: str, message: str, quiet: bool = False) -> None:
-    """Fail with ``message`` unless ``condition`` is a real ``True`` (not merely truthy).
-    ``quiet``: pass without printing (for hidden checks that run many cases)."""
-    if isinstance(condition, torch.Tensor) and condition.numel() == 1:
-        condition = bool(condition.item())
-    elif isinstance(condition, np.bool_):
-        condition = bool(condition)
-    if condition is not True:
-        raise CheckFailed(f"{name}: {message}")
-    if not quiet:
-        print(f"{PASS} {name}")
-
-
-# --------------------------------------------------------------------------- the command
+from gradflow_lessons.checks import PASS, CheckFailed  # noqa: F401  (re-exported)
 
 CSV_COLUMNS = ("submission", "exercise", "score", "max_score", "status", "feedback")
-COURSE_ROOT = Path(__file__).resolve().parent.parent
+COURSE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _points(x: float) -> str:
@@ -141,7 +43,7 @@ def find_notebooks(paths: list[Path]) -> list[Path]:
 
 def load_exercises(folder: Path) -> dict:
     """Every exercise notebook in ``folder`` by name (its stem)."""
-    from gradflow_lessons.grader import Exercise
+    from gradflow_lessons.grading.exercise import Exercise
 
     return {p.stem: Exercise.load(p) for p in sorted(folder.glob("*.ipynb"))}
 
@@ -175,7 +77,7 @@ def infer_exercise(path: Path, exercises: dict):
 
 def feedback_text(result) -> str:
     """The feedback file for one student: score, each check, a hint for each failure."""
-    from gradflow_lessons.grader import STATUSES
+    from gradflow_lessons.grading.session import STATUSES
 
     lines = [f"# {result.exercise or 'unknown exercise'}: {_points(result.score)} / "
              f"{_points(result.max_score)} points", "",
@@ -208,7 +110,7 @@ def grade(paths: list[Path], exercises: dict, exercise=None, out: Path = Path("g
 
     The CSV is written row by row (an interrupted run keeps the rows it finished); the
     JSON report and the feedback files are written as well. Returns the results."""
-    from gradflow_lessons.grader import Result, grade_submission
+    from gradflow_lessons.grading.session import Result, grade_submission
 
     notebooks = find_notebooks(paths)
     report = report or out.with_suffix(".json")
@@ -251,7 +153,8 @@ def self_check(notebook: Path, exercises_dir: Path | None = None, timeout: float
 
     The checks come from the untouched exercise in ``exercises_dir`` (by file name) when it
     is there, so an edited check cell does not change the verdict; else from the notebook."""
-    from gradflow_lessons.grader import Exercise, grade_submission
+    from gradflow_lessons.grading.exercise import Exercise
+    from gradflow_lessons.grading.session import grade_submission
 
     pristine = (exercises_dir or COURSE_ROOT / "exercises") / notebook.name
     reference = Exercise.load(pristine if pristine.is_file() else notebook)

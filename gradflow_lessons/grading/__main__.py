@@ -1,0 +1,5 @@
+import sys
+
+from gradflow_lessons.grading.cli import main
+
+sys.exit(main())
