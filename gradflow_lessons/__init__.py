@@ -8,4 +8,4 @@ This file imports nothing heavy on purpose: ``python -m gradflow_lessons.course`
 before torch is installed.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

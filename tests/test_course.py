@@ -1,9 +1,13 @@
 """The course as a whole: map, README, CI, style."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import gradflow_lessons
 from gradflow_lessons import course
 from gradflow_lessons.tooling.syllabus import LESSONS, markdown_table
 
@@ -58,3 +62,27 @@ def test_code_and_notebooks_are_ruff_clean():
         [sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _tracked_names() -> set[str]:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    return {name for f in files for name in (f, Path(f).name)}
+
+
+@pytest.mark.parametrize("document", ["README.md", "CONTRIBUTING.md"])
+def test_documents_name_only_files_that_exist(document):
+    """A file named in backticks (`mknb.py`, `tests/test_x.py`) must be in the repository."""
+    text = (ROOT / document).read_text()
+    named = set(re.findall(r"`([\w./-]+\.(?:py|ipynb|cfg|toml|yml|yaml|md|cff|txt|sh))`", text))
+    generated = {"grades.csv", "grades.json", "results.json"}
+    tracked = _tracked_names()
+    missing = sorted(n for n in named if not {n, Path(n).name} & (tracked | generated)
+                     and not Path(n).name.startswith("NN")  # NN_topic.ipynb: a pattern
+                     and not n.startswith("submissions/"))  # the instructor's own folder
+    assert not missing, f"{document} names files that are not in the repository: {missing}"
+
+
+def test_citation_version_is_the_package_version():
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert f"version: {version}" in (ROOT / "CITATION.cff").read_text()
+    assert gradflow_lessons.__version__ == version
