@@ -41,7 +41,25 @@ def make_activation(name: str) -> nn.Module:
         ) from None
 
 
-def init_linear_(
+def make_norm(norm: str | None, features: int, conv: bool = False) -> nn.Module:
+    """The normalisation layer called ``norm`` (one of ``NORMS``) for ``features`` units.
+
+    - ``None``: ``nn.Identity()``.
+    - ``"batch"``: ``BatchNorm1d`` (``BatchNorm2d`` for images, ``conv=True``): each unit
+      normalised over the batch (Ioffe & Szegedy, 2015).
+    - ``"layer"``: ``LayerNorm`` over a sample's features (Ba et al., 2016); for images
+      ``GroupNorm(1, C)``, which normalises over every channel and position of a sample.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
+    if norm == "batch":
+        return nn.BatchNorm2d(features) if conv else nn.BatchNorm1d(features)
+    if norm == "layer":
+        return nn.GroupNorm(1, features) if conv else nn.LayerNorm(features)
+    return nn.Identity()
+
+
+def init_layer_(
     layer: nn.Linear | nn.Conv2d, init: str = "default", gain: float = 1.0, bias: float | None = None
 ) -> nn.Module:
     """Initialise a linear (or convolutional) ``layer`` in place; returns it.
@@ -82,8 +100,11 @@ def init_linear_(
     return layer
 
 
+init_linear_ = init_layer_  # the name lessons 01-05 and users' scripts know
+
+
 class HiddenLayer(nn.Module):
-    """``activation(norm(linear(x)))``, plus ``x`` when ``residual`` (shapes must match)."""
+    """``activation(norm(linear(x)))``: one plain hidden layer, ``[N, in] -> [N, out]``."""
 
     def __init__(
         self,
@@ -91,29 +112,14 @@ class HiddenLayer(nn.Module):
         out_features: int,
         activation: str = "relu",
         norm: str | None = None,
-        residual: bool = False,
     ) -> None:
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
-        if residual and in_features != out_features:
-            raise ValueError(
-                f"a residual layer needs in_features == out_features, got "
-                f"{in_features} and {out_features}"
-            )
         self.linear = nn.Linear(in_features, out_features)
-        if norm == "batch":
-            self.norm = nn.BatchNorm1d(out_features)
-        elif norm == "layer":
-            self.norm = nn.LayerNorm(out_features)
-        else:
-            self.norm = nn.Identity()
+        self.norm = make_norm(norm, out_features)
         self.act = make_activation(activation)
-        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, in] -> [N, out]
-        out = self.act(self.norm(self.linear(x)))
-        return x + out if self.residual else out
+        return self.act(self.norm(self.linear(x)))
 
 
 class MLP(nn.Module):
@@ -121,7 +127,11 @@ class MLP(nn.Module):
 
     ``depth - 1`` hidden layers of ``width`` units (``hidden.0`` ... ``hidden.{depth-2}``),
     then a linear ``output`` layer. With ``residual=True`` every hidden layer after the
-    first adds its input to its output (the first changes the width, so it cannot).
+    first is a ``skips.ResidualBlock``, ``h + W act(norm(h))`` (the pre-activation block of
+    He et al., 2016, "Identity Mappings in Deep Residual Networks"; its linear layer is
+    ``hidden.{i}.branch.linear1``); the first changes the width, so it stays plain. The
+    weights are the same as with ``residual=False`` for the same seed: only the ``h +``
+    and the order inside the layer (norm and activation before the linear) differ.
 
     Args:
         in_features: input size D.
@@ -129,11 +139,12 @@ class MLP(nn.Module):
         depth: number of linear layers, at least 1.
         width: units per hidden layer.
         activation: a name in ``ACTIVATIONS``.
-        init: a name in ``INITS`` (see ``init_linear_``), applied to every layer.
+        init: a name in ``INITS`` (see ``init_layer_``), applied to every layer.
         gain: the init's gain.
         bias: constant for every hidden bias (for example -3.0 to kill ReLUs), or None.
-        norm: None, ``"batch"`` or ``"layer"``, placed before each activation.
-        residual: add skip connections around hidden layers 1..depth-2.
+        norm: None, ``"batch"`` or ``"layer"`` (see ``make_norm``), placed before each
+            activation.
+        residual: hidden layers 1..depth-2 become residual blocks.
 
     Shapes: ``[N, in_features] -> [N, out_features]``.
     """
@@ -157,15 +168,21 @@ class MLP(nn.Module):
         if width < 1 or in_features < 1 or out_features < 1:
             raise ValueError("in_features, out_features and width must be positive")
         make_activation(activation)  # fail early on a misspelt name
+        make_norm(norm, 1)
+        from .skips import ResidualBlock  # skips builds on this module's init and norm
+
         sizes = [in_features] + [width] * (depth - 1)
+        # Each layer is built (PyTorch's default init draws from the global RNG), then every
+        # layer is initialised in order: residual or not, the same seed gives the same weights.
         self.hidden = nn.ModuleList(
-            HiddenLayer(sizes[i], sizes[i + 1], activation, norm, residual and i > 0)
+            ResidualBlock(width, activation, norm) if residual and i > 0
+            else HiddenLayer(sizes[i], sizes[i + 1], activation, norm)
             for i in range(depth - 1)
         )
         self.output = nn.Linear(sizes[-1], out_features)
-        for layer in self.hidden:
-            init_linear_(layer.linear, init, gain, bias)
-        init_linear_(self.output, init, 1.0 if init == "kaiming" else gain)
+        for _, layer in self.linear_layers()[:-1]:
+            init_layer_(layer, init, gain, bias)
+        init_layer_(self.output, init, 1.0 if init == "kaiming" else gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.hidden:
@@ -174,9 +191,10 @@ class MLP(nn.Module):
 
     def linear_layers(self) -> list[tuple[str, nn.Linear]]:
         """``(name, layer)`` for every linear layer, input to output."""
-        return [(f"hidden.{i}.linear", h.linear) for i, h in enumerate(self.hidden)] + [
-            ("output", self.output)
-        ]
+        named = [(f"hidden.{i}.linear", h.linear) if isinstance(h, HiddenLayer)
+                 else (f"hidden.{i}.branch.linear1", h.branch.linear1)
+                 for i, h in enumerate(self.hidden)]
+        return named + [("output", self.output)]
 
 
 class RNNClassifier(nn.Module):

@@ -5,7 +5,14 @@ Every function takes the monitor's data (the monitor itself, or a list of its re
 when given (otherwise on a new figure) and returns the ``Axes`` (or the ``Figure`` for
 multi-panel plots). Every figure has a title and labelled axes; values that span orders
 of magnitude are on log scales. Layers are coloured from the input (dark) to the output
-(yellow) in every figure.
+(yellow) in every figure; categories use the colour-blind-safe Okabe-Ito palette together
+with a second cue (marker, line style or hatch), never red against green alone.
+
+Each function draws under the course style, the file ``gradflow.mplstyle`` beside this
+module, through ``plt.style.context``: importing this module or calling a plot function
+leaves matplotlib's global settings (``rcParams``) as they were, and a function that raises
+closes any figure it opened. ``use_course_style()`` applies the style to the whole session,
+for notebooks that want their own figures to match (a global change, made on purpose).
 
     use_course_style()
     plot_gradient_flow(monitor)                  # bars per layer, one step
@@ -18,7 +25,10 @@ of magnitude are on log scales. Layers are coloured from the input (dark) to the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -30,27 +40,59 @@ from matplotlib.figure import Figure
 from .monitor import to_matrix
 
 UPDATE_RATIO_RULE = 1e-3  # Karpathy's rule of thumb for |dW| / |W| per step
+STYLE = Path(__file__).with_name("gradflow.mplstyle")
+
+# Okabe & Ito (2008), "Color Universal Design": distinguishable with every common form of
+# colour blindness. Categories also differ by marker and line style (CATEGORY_STYLES).
+OKABE_ITO = {
+    "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73", "yellow": "#F0E442",
+    "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7", "black": "#000000",
+}
+NONFINITE_COLOR = OKABE_ITO["vermillion"]  # NaN/Inf, always with a hatch or a cross as well
+CATEGORY_STYLES = tuple(
+    {"color": OKABE_ITO[c], "marker": m, "linestyle": ls}
+    for c, m, ls in [("blue", "o", "-"), ("vermillion", "s", "--"), ("bluish green", "^", "-."),
+                     ("orange", "D", ":"), ("reddish purple", "v", "-"), ("sky blue", "P", "--")]
+)
+
+_Plot = TypeVar("_Plot", bound=Callable)
 
 
 def use_course_style() -> None:
-    """Readable defaults for every lesson: 90 dpi (small committed notebooks), larger
-    fonts, light grids, no top/right spines, constrained layout."""
-    mpl.rcParams.update({
-        "figure.dpi": 90,
-        "savefig.dpi": 90,
-        "figure.figsize": (8.0, 3.6),
-        "figure.constrained_layout.use": True,
-        "font.size": 10,
-        "axes.titlesize": 11,
-        "axes.labelsize": 10,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "legend.fontsize": 8,
-        "legend.frameon": False,
-        "image.cmap": "viridis",
-    })
+    """Apply the course style (``gradflow.mplstyle``) to the whole session: 90 dpi (small
+    committed notebooks), larger fonts, light grids, no top/right spines, constrained layout.
+
+    The plot functions of this module use the style by themselves without changing any
+    global setting; call this when a notebook's own figures should match them."""
+    plt.style.use(STYLE)
+
+
+def course_style() -> object:
+    """A context manager under which figures get the course style, undone on exit:
+    ``with course_style(): fig, ax = plt.subplots()``."""
+    return plt.style.context(STYLE)
+
+
+def category_style(index: int) -> dict:
+    """Colour, marker and line style of category ``index`` (cycles after six)."""
+    return dict(CATEGORY_STYLES[index % len(CATEGORY_STYLES)])
+
+
+def _styled(plot: _Plot) -> _Plot:
+    """Run ``plot`` under the course style; if it raises, close the figures it opened."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        before = set(plt.get_fignums())
+        try:
+            with course_style():
+                return plot(*args, **kwargs)
+        except BaseException:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _records(data: object, attribute: str, what: str) -> list:
@@ -70,6 +112,7 @@ def layer_colors(layers: Sequence[str]) -> dict[str, tuple]:
     return {name: cmap(i / max(len(layers) - 1, 1) * 0.9) for i, name in enumerate(layers)}
 
 
+@_styled
 def plot_gradient_flow(
     history: object, step: int | None = None, ax: Axes | None = None, title: str | None = None,
     field: str = "grad_norm",
@@ -83,7 +126,8 @@ def plot_gradient_flow(
         title: the title (default says which step).
         field: what the bars show: ``"grad_norm"``, ``"grad_max_abs"`` or ``"grad_mean_abs"``.
 
-    A layer with NaN/Inf gradients gets a red bar reaching the top and a "NaN/Inf" label.
+    A layer with NaN/Inf gradients gets a hatched vermillion bar reaching the top and a
+    "NaN/Inf" label.
     """
     records = _records(history, "history", "gradient records")
     step = max(r.step for r in records) if step is None else step
@@ -101,9 +145,9 @@ def plot_gradient_flow(
     ax.bar(x[finite], norms[finite], color=[colors[n] for n, f in zip(names, finite) if f])
     for i, r in enumerate(rows):
         if r.nonfinite:
-            ax.bar(i, top, color="tab:red", alpha=0.6)
+            ax.bar(i, top, color=NONFINITE_COLOR, alpha=0.6, hatch="xx", edgecolor="black")
             ax.text(i, top, f"NaN/Inf\n({r.nonfinite})", ha="center", va="bottom", fontsize=8,
-                    color="tab:red")
+                    color=NONFINITE_COLOR)
         elif norms[i] == 0:
             ax.text(i, 0.02, "0", ha="center", va="bottom", transform=ax.get_xaxis_transform())
     ax.set_yscale("log")
@@ -114,6 +158,7 @@ def plot_gradient_flow(
     return ax
 
 
+@_styled
 def plot_gradient_heatmap(
     history: object, field: str = "grad_norm", ax: Axes | None = None, title: str | None = None
 ) -> Axes:
@@ -127,7 +172,8 @@ def plot_gradient_heatmap(
         title: the title.
 
     Rows are layers (input at the top), columns recorded steps. White cells are exactly
-    zero (no gradient at all); red cells are NaN/Inf (or have no record).
+    zero (no gradient at all); vermillion cells marked with a cross are NaN/Inf (or have no
+    record).
     """
     records = _records(history, "history", "records")
     layers, steps, values = to_matrix(records, field)
@@ -137,13 +183,17 @@ def plot_gradient_heatmap(
     low, high = (positive.min(), positive.max()) if positive.size else (1e-12, 1.0)
     shown = np.where(finite & (values <= 0), low / 10, values)  # zeros: below the scale
     shown = np.ma.masked_where(~finite, shown)
-    cmap = mpl.colormaps["viridis"].with_extremes(bad="tab:red", under="white")
+    cmap = mpl.colormaps["viridis"].with_extremes(bad=NONFINITE_COLOR, under="white")
     edges = np.array(steps, dtype=float)
     edges = np.concatenate([edges - 0.5, [edges[-1] + 0.5]]) if len(steps) == 1 else np.concatenate(
         [[edges[0] - (edges[1] - edges[0]) / 2], (edges[1:] + edges[:-1]) / 2,
          [edges[-1] + (edges[-1] - edges[-2]) / 2]])
     mesh = ax.pcolormesh(edges, np.arange(len(layers) + 1) - 0.5, shown,
                          norm=LogNorm(low, max(high, low * 1.001)), cmap=cmap)
+    bad_rows, bad_columns = np.nonzero(~finite)
+    if bad_rows.size:  # a second cue besides the colour
+        ax.scatter(np.asarray(steps, dtype=float)[bad_columns], bad_rows, marker="x", color="black",
+                   s=16, linewidths=1)
     ax.set_yticks(np.arange(len(layers)), layers)
     ax.invert_yaxis()
     ax.grid(False)
@@ -154,6 +204,7 @@ def plot_gradient_heatmap(
     return ax
 
 
+@_styled
 def plot_norms_over_time(
     history: object, field: str = "grad_norm", ax: Axes | None = None, title: str | None = None
 ) -> Axes:
@@ -170,6 +221,7 @@ def plot_norms_over_time(
     return ax
 
 
+@_styled
 def plot_histograms(
     histograms: object, layer: str, kind: str = "gradient", ax: Axes | None = None,
     title: str | None = None,
@@ -203,6 +255,7 @@ def plot_histograms(
     return ax
 
 
+@_styled
 def plot_update_ratio(
     history: object, ax: Axes | None = None, reference: float = UPDATE_RATIO_RULE,
     title: str | None = None,
@@ -237,6 +290,7 @@ _FRACTIONS = {
 }
 
 
+@_styled
 def plot_activation_fraction(
     activations: object, field: str = "dead_fraction", ax: Axes | None = None, title: str | None = None
 ) -> Axes:
@@ -269,6 +323,7 @@ def plot_activation_fraction(
     return ax
 
 
+@_styled
 def plot_activation_health(activations: object, title: str | None = None) -> Figure:
     """Dead ReLU units (left) and saturated tanh/sigmoid outputs (right) over training,
     one line per layer (see ``plot_activation_fraction``). Returns the figure."""
@@ -280,10 +335,23 @@ def plot_activation_health(activations: object, title: str | None = None) -> Fig
     return fig
 
 
+@_styled
 def plot_dashboard(monitor: object, title: str | None = None) -> Figure:
     """Four panels of one monitor: gradient flow at the last step, the layer x step heat
     map, update ratios (gradient norms over time without an optimizer), and dead ReLU
-    units (saturated outputs when the model has no ReLU). Returns the figure."""
+    units (saturated outputs when the model has no ReLU). Returns the figure.
+
+    Raises:
+        TypeError: ``monitor`` is not the monitor itself (``monitor.history`` is a list of
+            gradient records only; the dashboard also needs ``monitor.activations``).
+    """
+    if not hasattr(monitor, "history") or not hasattr(monitor, "activations"):
+        raise TypeError(
+            f"plot_dashboard needs the GradientMonitor itself (it reads monitor.history and "
+            f"monitor.activations), got {type(monitor).__name__}: pass `monitor`, not "
+            f"`monitor.history`; for a list of records use plot_gradient_flow or "
+            f"plot_gradient_heatmap")
+    _records(monitor, "history", "gradient records")
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))
     plot_gradient_flow(monitor, ax=axes[0, 0])
     plot_gradient_heatmap(monitor, ax=axes[0, 1])
@@ -301,3 +369,38 @@ def plot_dashboard(monitor: object, title: str | None = None) -> Figure:
     if title:
         fig.suptitle(title)
     return fig
+
+
+# --------------------------------------------------------------------------- explorers
+# The widgets' figures: built once, redrawn on every control change, rendered to PNG.
+
+
+def explorer_figure(figsize: tuple[float, float] = (8, 3.6)) -> tuple[Figure, Axes]:
+    """A figure with one log-y axes for an explorer, fast to redraw.
+
+    Plot on it with ``plot`` (``semilogy`` would reset the tick formatter). It renders in well
+    under 100 ms: a fixed layout (no tight/constrained layout pass, which draws the figure
+    twice) and plain-text tick labels ("1e-05": no mathtext to parse on every draw). The
+    figure is not registered with pyplot, so it never shows up by itself in a notebook.
+    """
+    from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter
+
+    with course_style():
+        figure = Figure(figsize=figsize, layout="none")
+        figure.subplots_adjust(left=0.1, right=0.97, bottom=0.14, top=0.9)
+        axes = figure.subplots()
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and time steps
+    return figure, axes
+
+
+def redraw_lines(axes: Axes, data: dict, title: str) -> None:
+    """Give each line in ``data`` (``{Line2D: (x, y)}``) its new points, rescale ``axes``
+    to them and set the title: what an explorer's ``draw()`` does on every change."""
+    for line, (x, y) in data.items():
+        line.set_data(x, y)
+    axes.relim()
+    axes.autoscale_view()
+    axes.set_title(title, fontsize=10)

@@ -12,28 +12,30 @@ so a lesson can compare the two with nothing else changed.
 
 Layer names are stable and readable (``stem``, ``blocks.3.branch.linear1``,
 ``dense.layers.3.linear``, ``head``): they are the names ``GradientMonitor`` and the
-figures show. The functions at the end measure the gradient each network's layers receive
-(``gradient_profile``), for the lesson and its depth explorer.
+figures show. The gradient each network's layers receive is measured in
+``gradflow_lessons.probes`` (``gradient_profile``, ``hidden_layers``; still importable from here).
+
+``ResidualBlock`` is the course's one residual block: ``models.MLP(residual=True)`` is built
+from it too.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .models import NORMS, init_linear_, make_activation
+from .models import init_layer_, make_activation, make_norm
+
+__all__ = [  # init_layer_ is models.init_layer_, re-exported for the lessons that import it here
+    "CONNECTIONS", "PLACEMENTS", "DenseBlock", "DenseCNN", "DenseMLP", "ResidualBlock",
+    "ResidualCNN", "ResidualMLP", "build_network", "init_layer_", "resolve_branch_scale",
+]
 
 PLACEMENTS = ("pre", "post")
 CONNECTIONS = ("plain", "residual", "dense")
-
-
-def init_layer_(layer: nn.Linear | nn.Conv2d, init: str = "default", gain: float = 1.0) -> nn.Module:
-    """``models.init_linear_``, which handles linear and convolutional layers alike."""
-    return init_linear_(layer, init, gain)
 
 
 def _layer(n_in: int, n_out: int, conv: bool) -> nn.Module:
@@ -42,16 +44,6 @@ def _layer(n_in: int, n_out: int, conv: bool) -> nn.Module:
 
 def _stem(n_in: int, width: int, conv: bool) -> nn.Module:
     return nn.Conv2d(n_in, width, 3, padding=1) if conv else nn.Linear(n_in, width)
-
-
-def _norm(norm: str | None, features: int, conv: bool) -> nn.Module:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
-    if norm == "batch":
-        return nn.BatchNorm2d(features) if conv else nn.BatchNorm1d(features)
-    if norm == "layer":  # over every feature of a sample (GroupNorm(1, C) for images)
-        return nn.GroupNorm(1, features) if conv else nn.LayerNorm(features)
-    return nn.Identity()
 
 
 def resolve_branch_scale(branch_scale: float | str, depth: int) -> float:
@@ -101,7 +93,7 @@ class ResidualBlock(nn.Module):
             raise ValueError(f"unknown placement {placement!r}; choose one of {list(PLACEMENTS)}")
         if branch_layers < 1:
             raise ValueError(f"branch_layers must be at least 1, got {branch_layers}")
-        self.norm = _norm(norm, features, conv)
+        self.norm = make_norm(norm, features, conv)
         kind = "conv" if conv else "linear"
         parts: list[tuple[str, nn.Module]] = []
         for i in range(1, branch_layers + 1):
@@ -149,7 +141,7 @@ class DenseBlock(nn.Module):
         self.layers = nn.ModuleList(
             nn.Sequential(
                 OrderedDict(
-                    norm=_norm(norm, in_features + i * growth, conv),
+                    norm=make_norm(norm, in_features + i * growth, conv),
                     act=make_activation(activation),
                     **{kind: init_layer_(_layer(in_features + i * growth, growth, conv), init)},
                 )
@@ -310,73 +302,11 @@ def build_network(
     return ResidualMLP(in_features, out_features, depth, width, skip=connection == "residual", **kwargs)
 
 
-def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` for every weight layer between the stem and the head, input to
-    output: the last layer of each residual branch, or each dense layer."""
-    if isinstance(model, ResidualMLP):
-        return [(f"blocks.{i}.branch.{name}", layer)
-                for i, block in enumerate(model.blocks)
-                for name, layer in [list(block.branch.named_children())[-1]]]
-    if isinstance(model, DenseMLP):
-        return [(f"dense.layers.{i}.{name}", layer)
-                for i, seq in enumerate(model.dense.layers)
-                for name, layer in [list(seq.named_children())[-1]]]
-    raise ValueError(f"expected a ResidualMLP/ResidualCNN/DenseMLP/DenseCNN, got {type(model).__name__}")
+def __getattr__(name: str):
+    # The gradient probes moved to gradflow_lessons.probes (which imports this module, so
+    # they are looked up on first use rather than imported here).
+    if name in ("GradientProfile", "gradient_profile", "hidden_layers"):
+        from . import probes
 
-
-@dataclass(frozen=True)
-class GradientProfile:
-    """Weight-gradient norms of one network, input to output.
-
-    Attributes:
-        connection: ``"plain"``, ``"residual"`` or ``"dense"``.
-        depth: number of hidden layers (blocks).
-        layers: names: ``"stem"``, the hidden layers, ``"head"``.
-        grad_norms: ``||dL/dW||_F`` of each layer in ``layers``.
-        loss: the loss the gradient was taken of.
-    """
-
-    connection: str
-    depth: int
-    layers: list[str]
-    grad_norms: list[float]
-    loss: float
-
-    @property
-    def first_layer(self) -> float:
-        """The stem's gradient norm: what reaches the input end of the network."""
-        return self.grad_norms[0]
-
-
-def gradient_profile(
-    connection: str,
-    depth: int,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    width: int = 64,
-    seed: int = 0,
-    **kwargs,
-) -> GradientProfile:
-    """Build a ``connection`` network of ``depth`` layers (seeded) and measure the Frobenius
-    norm of each layer's weight gradient for the cross-entropy loss on one batch.
-
-    Args:
-        connection: ``"plain"``, ``"residual"`` or ``"dense"`` (see ``build_network``).
-        depth: hidden layers.
-        inputs: ``[N, D]``.
-        targets: ``[N]`` class labels.
-        width: units per layer (the dense network's stem width).
-        seed: seeds the initialisation: plain and residual share their weights.
-        **kwargs: passed to the builder (``activation``, ``init``, ``norm``, ...).
-
-    Cost: one forward and one backward pass.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_network(connection, inputs.shape[1], int(targets.max()) + 1, depth, width, **kwargs)
-    model = model.to(inputs.device)
-    loss = nn.functional.cross_entropy(model(inputs), targets)
-    named = [("stem", model.stem), *hidden_layers(model), ("head", model.head.linear)]
-    grads = torch.autograd.grad(loss, [layer.weight for _, layer in named])
-    norms = torch.stack([g.norm() for g in grads]).cpu().tolist()
-    return GradientProfile(connection, depth, [n for n, _ in named], norms, loss.item())
+        return getattr(probes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

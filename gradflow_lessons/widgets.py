@@ -1,16 +1,20 @@
-"""ipywidgets explorers for live lessons.
+"""ipywidgets explorers for live lessons: the user interface and nothing else.
 
 Each explorer is one small class: it owns its controls (``ipywidgets``), a matplotlib
-``Figure`` shown in an ``Output`` widget, and the data it last drew. (``SkipConnectionExplorer``
-shows its figure as PNG bytes in an ``Image`` widget instead, see ``figure_png``: no
-``display`` call, so the cell's only output is the widget, in a live kernel and under nbval.)
-The computation lives in the topic's module (``skips.gradient_profile`` ...); the explorer only calls it and
-draws. Every callback is a plain method, so a test can set a control's ``.value`` and
-check the redrawn data without a browser.
+``Figure`` shown as PNG bytes in an ``Image`` widget (see ``figure_png``: no ``display``
+call, so the cell's only output is the widget, in a live kernel and under nbval), and the
+data it last drew. ``compute()`` measures with ``gradflow_lessons.probes``; ``draw()``
+draws with ``gradflow_lessons.plots``. Every callback is a plain method, so a test can set
+a control's ``.value`` and check the redrawn data without a browser.
 
     explorer = SkipConnectionExplorer(inputs, targets)
     explorer.widget          # display this in a notebook
     explorer.depth.value = 40  # redraws, as moving the slider does
+
+The figure's alt text (what a screen reader says instead of the picture) is the ``Image``
+widget's ``tooltip`` (``ipywidgets.Image`` has no ``alt``; the tooltip becomes the image
+element's ``title``, which browsers show on hover and screen readers announce), and the
+explorer's ``alt`` attribute; it is rewritten with the numbers on every redraw.
 """
 
 from __future__ import annotations
@@ -23,18 +27,49 @@ import torch
 from matplotlib.figure import Figure
 
 from .models import ACTIVATIONS, INITS
-from .skips import CONNECTIONS, GradientProfile, gradient_profile
+from .plots import CATEGORY_STYLES, explorer_figure, redraw_lines
+from .probes import (  # re-exported: lessons and tests import them from here
+    GradientProfile,
+    gradient_profile,
+    mlp_gradient_norms,
+    recurrence_gradient_norms,
+)
+from .skips import CONNECTIONS
 
-COLORS = {"plain": "tab:red", "residual": "tab:blue", "dense": "tab:green"}
+__all__ = [
+    "COLORS", "GradientFlowExplorer", "RecurrenceExplorer", "SkipConnectionExplorer", "figure_png",
+    "mlp_gradient_norms", "recurrence_gradient_norms", "set_alt_text",
+]
+
+# plain, residual, dense: Okabe-Ito colours, and a marker and line style each as well
+LINE_STYLES = {c: CATEGORY_STYLES[i] for i, c in enumerate(("residual", "plain", "dense"))}
+COLORS = {c: style["color"] for c, style in LINE_STYLES.items()}
 
 
-def figure_png(figure: Figure, dpi: int = 100) -> bytes:
+def figure_png(figure: Figure, dpi: int = 100, alt: str | None = None,
+               image: widgets.Image | None = None) -> bytes:
     """``figure`` rendered as PNG bytes, the value of an ``ipywidgets.Image``.
 
     Unlike ``display(figure)`` inside an ``Output`` widget, setting an ``Image``'s value never
     writes to the cell's own outputs, so a kernel without a widget front end (nbval, a test)
     records exactly what a browser shows: the widget view.
+
+    Args:
+        figure: the figure to render.
+        dpi: resolution.
+        alt: the figure's alt text: one sentence saying what it shows (and its numbers).
+        image: the ``Image`` widget that will show the bytes; ``alt`` is set on it
+            (``set_alt_text``): ``ipywidgets.Image`` has no ``alt`` attribute, so the text
+            goes to its ``tooltip``, the ``title`` of the image element in the page.
+
+    Raises:
+        ValueError: ``image`` is given without ``alt``.
     """
+    if image is not None:
+        if not alt:
+            raise ValueError("figure_png(figure, image=...) needs alt='what the figure shows' "
+                             "for readers who cannot see it")
+        set_alt_text(image, alt)
     buffer = io.BytesIO()
     # savefig restores a figure without a layout engine by asking rcParams again, so under the
     # course style (constrained layout) a fixed-layout figure would turn constrained after its
@@ -42,6 +77,13 @@ def figure_png(figure: Figure, dpi: int = 100) -> bytes:
     with mpl.rc_context({"figure.constrained_layout.use": False, "figure.autolayout": False}):
         figure.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def set_alt_text(image: widgets.Image, alt: str) -> None:
+    """Attach ``alt`` to an ``Image`` widget as its ``tooltip``: ``ipywidgets.Image`` has no
+    ``alt``, and the tooltip is rendered as the image element's ``title``, which browsers
+    show on hover and screen readers announce."""
+    image.tooltip = alt
 
 
 class SkipConnectionExplorer:
@@ -66,6 +108,7 @@ class SkipConnectionExplorer:
         profiles: the last ``GradientProfile`` of each connection, as drawn.
         lines: the matplotlib line of each connection.
         image: the ``Image`` widget showing the figure (``figure_png``).
+        alt: the figure's alt text, as last drawn (also the image's ``tooltip``).
         widget: the ``VBox`` to display.
     """
 
@@ -86,9 +129,8 @@ class SkipConnectionExplorer:
                                            description="activation")
         self.init = widgets.Dropdown(options=list(INITS), value=init, description="init")
         self.image = widgets.Image(format="png")
-        self.figure = Figure(figsize=(8, 3.6), layout="tight")
-        self.axes = self.figure.subplots()
-        self.lines = {c: self.axes.semilogy([], [], marker="o", ms=3, color=COLORS[c], label=c)[0]
+        self.figure, self.axes = explorer_figure()
+        self.lines = {c: self.axes.plot([], [], ms=4, label=c, **LINE_STYLES[c])[0]
                       for c in CONNECTIONS}
         self.axes.set(xlabel="layer (0 = stem, last = head)",
                       ylabel=r"$\|\partial L/\partial W\|_F$ (log scale)")
@@ -114,93 +156,25 @@ class SkipConnectionExplorer:
         }
 
     def update(self) -> None:
-        """Recompute the profiles, redraw the lines and title, and update the image."""
+        """Recompute the profiles, then redraw."""
         self.profiles = self.compute()
-        for connection, profile in self.profiles.items():
-            self.lines[connection].set_data(range(len(profile.grad_norms)), profile.grad_norms)
-        self.axes.relim()
-        self.axes.autoscale_view()
+        self.draw()
+
+    def draw(self) -> None:
+        """Redraw the lines and title from ``profiles`` and update the image."""
         firsts = ", ".join(f"{c} {p.first_layer:.1e}" for c, p in self.profiles.items())
-        self.axes.set_title(f"depth {self.depth.value}: gradient at the stem: {firsts}", fontsize=10)
-        self.image.value = figure_png(self.figure)
+        redraw_lines(self.axes, {self.lines[c]: (range(len(p.grad_norms)), p.grad_norms)
+                                 for c, p in self.profiles.items()},
+                     f"depth {self.depth.value}: gradient at the stem: {firsts}")
+        alt = (f"Gradient norm of every layer, stem to head, log scale, for plain, residual and "
+               f"dense networks of depth {self.depth.value}; at the stem: {firsts}.")
+        self.alt = alt
+        self.image.value = figure_png(self.figure, alt=alt, image=self.image)
 
 
 # --------------------------------------------------------------------------- lessons 02 and 03
 # Per-layer gradient norms of a plain MLP (depth, width, activation, init, gain), and the
 # backward signal of a recurrence h_t = phi(W h_{t-1}) whose W has a chosen spectral radius.
-
-
-def _fast_log_figure() -> tuple[Figure, object]:
-    """A figure with one log-y axes (plot on it with ``plot``: ``semilogy`` would reset the
-    tick formatter) that renders in well under 100 ms: a fixed layout (no tight-layout
-    pass, which draws the figure twice) and plain-text tick labels ("1e-05": no mathtext to parse
-    on every draw)."""
-    from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter
-
-    figure = Figure(figsize=(8, 3.6), layout="none")  # not the course style's constrained layout
-    figure.subplots_adjust(left=0.1, right=0.97, bottom=0.14, top=0.9)
-    axes = figure.subplots()
-    axes.set_yscale("log")
-    axes.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
-    axes.yaxis.set_minor_formatter(NullFormatter())
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and time steps
-    return figure, axes
-
-
-def mlp_gradient_norms(
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    depth: int,
-    width: int = 64,
-    activation: str = "relu",
-    init: str = "kaiming",
-    gain: float = 1.0,
-    seed: int = 0,
-) -> list[float]:
-    """Frobenius norm of every linear layer's weight gradient, input layer first.
-
-    Builds ``MLP(D, C, depth, width, activation, init, gain)`` with ``seed`` (the global
-    random state is left as it was) and takes the cross-entropy loss on ``inputs`` [N, D]
-    and class labels ``targets`` [N]: ``||dL/dW_l||_F`` for ``l = 1 .. depth``.
-    Cost: one forward and one backward pass.
-    """
-    from .models import MLP
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MLP(inputs.shape[1], int(targets.max()) + 1, depth, width, activation, init, gain)
-    model = model.to(inputs.device, inputs.dtype)
-    loss = torch.nn.functional.cross_entropy(model(inputs), targets)
-    grads = torch.autograd.grad(loss, [layer.weight for _, layer in model.linear_layers()])
-    return torch.stack([g.norm() for g in grads]).cpu().tolist()
-
-
-def recurrence_gradient_norms(
-    radius: float, steps: int, width: int = 32, nonlinearity: str = "linear", batch: int = 16,
-    seed: int = 0,
-) -> list[float]:
-    """``||dL/dh_t||`` for ``t = 0 .. steps`` of ``h_t = phi(W h_{t-1})`` (mean over a batch).
-
-    ``W`` is a Gaussian ``[width, width]`` matrix rescaled so that its spectral radius (largest
-    |eigenvalue|) is ``radius``; ``phi`` is the identity, tanh or ReLU. The loss is
-    ``L = sum(h_T * v)`` for a fixed random ``v``, so ``dL/dh_t = v (J_T ... J_{t+1})``: for the
-    linear recurrence ``v W^(T-t)``, which grows or shrinks like ``radius^(T-t)``.
-    Cost: ``steps`` matrix products forward and backward.
-    """
-    phis = {"linear": lambda z: z, "tanh": torch.tanh, "relu": torch.relu}
-    if nonlinearity not in phis:
-        raise ValueError(f"unknown nonlinearity {nonlinearity!r}; choose one of {sorted(phis)}")
-    if steps < 1 or radius <= 0:
-        raise ValueError(f"need steps >= 1 and radius > 0, got steps={steps}, radius={radius}")
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(width, width, generator=g, dtype=torch.float64)
-    W = W * (radius / torch.linalg.eigvals(W).abs().max())
-    states = [torch.randn(batch, width, generator=g, dtype=torch.float64).requires_grad_(True)]
-    for _ in range(steps):
-        states.append(phis[nonlinearity](states[-1] @ W.T))
-    v = torch.randn(width, generator=g, dtype=torch.float64)
-    grads = torch.autograd.grad((states[-1] * v).sum(), states, allow_unused=True)
-    return [g.norm(dim=1).mean().item() if g is not None else 0.0 for g in grads]
 
 
 class GradientFlowExplorer:
@@ -221,7 +195,7 @@ class GradientFlowExplorer:
         depth, width, activation, init, gain: the controls.
         norms: the gradient norms last drawn, input layer first.
         line: the matplotlib line; ``image``: the ``Image`` showing the figure (``figure_png``);
-        ``widget``: the ``VBox`` to display.
+        ``alt``: its alt text; ``widget``: the ``VBox`` to display.
     """
 
     WIDTHS = (16, 32, 64, 128)  # 256 at depth 60 costs ~300 ms per update on 2 cores
@@ -248,8 +222,8 @@ class GradientFlowExplorer:
         self.gain = widgets.FloatSlider(value=gain, min=0.25, max=3.0, step=0.05, description="gain",
                                         continuous_update=False)
         self.image = widgets.Image(format="png")
-        self.figure, self.axes = _fast_log_figure()
-        (self.line,) = self.axes.plot([], [], marker="o", ms=3, color="tab:blue")
+        self.figure, self.axes = explorer_figure()
+        (self.line,) = self.axes.plot([], [], ms=3, **CATEGORY_STYLES[0])
         self.axes.set(xlabel="linear layer l (1 = input layer)",
                       ylabel=r"$\|\partial L/\partial W_l\|_F$ (log scale)")
         self.norms: list[float] = []
@@ -264,21 +238,28 @@ class GradientFlowExplorer:
         self.update()
 
     def update(self) -> None:
-        """Measure the gradient norms for the current controls and redraw them."""
-        self.norms = mlp_gradient_norms(
+        """Measure the gradient norms for the current controls, then redraw."""
+        self.norms = self.compute()
+        self.draw()
+
+    def compute(self) -> list[float]:
+        """``probes.mlp_gradient_norms`` for the controls' current values."""
+        return mlp_gradient_norms(
             self.inputs, self.targets, self.depth.value, self.width.value,
             self.activation.value, self.init.value, self.gain.value,
         )
-        self.line.set_data(range(1, len(self.norms) + 1), self.norms)
-        self.axes.relim()
-        self.axes.autoscale_view()
+
+    def draw(self) -> None:
+        """Redraw the line and title from ``norms`` and update the image."""
         ratio = self.norms[0] / self.norms[-1] if self.norms[-1] > 0 else float("nan")
-        self.axes.set_title(
-            f"{self.activation.value}, {self.init.value} init (gain {self.gain.value:g}), depth "
-            f"{self.depth.value}, width {self.width.value}: first / last layer = {ratio:.1e}",
-            fontsize=10,
-        )
-        self.image.value = figure_png(self.figure)
+        setting = (f"{self.activation.value}, {self.init.value} init (gain {self.gain.value:g}), "
+                   f"depth {self.depth.value}, width {self.width.value}")
+        redraw_lines(self.axes, {self.line: (range(1, len(self.norms) + 1), self.norms)},
+                     f"{setting}: first / last layer = {ratio:.1e}")
+        alt = (f"Gradient norm of each linear layer, input to output, log scale: {setting}; "
+               f"the first layer gets {ratio:.1e} times the last layer's gradient.")
+        self.alt = alt
+        self.image.value = figure_png(self.figure, alt=alt, image=self.image)
 
 
 class RecurrenceExplorer:
@@ -297,7 +278,7 @@ class RecurrenceExplorer:
         radius, steps, nonlinearity: the controls.
         norms: ``||dL/dh_t||`` last drawn, ``t = 0 .. T``.
         line, prediction: the matplotlib lines; ``image``: the ``Image`` showing the figure;
-        ``widget``: the ``VBox`` to display.
+        ``alt``: its alt text; ``widget``: the ``VBox`` to display.
     """
 
     def __init__(self, radius: float = 1.1, steps: int = 50, nonlinearity: str = "linear",
@@ -311,8 +292,8 @@ class RecurrenceExplorer:
         self.nonlinearity = widgets.Dropdown(options=["linear", "tanh", "relu"], value=nonlinearity,
                                              description="phi")
         self.image = widgets.Image(format="png")
-        self.figure, self.axes = _fast_log_figure()
-        (self.line,) = self.axes.plot([], [], color="tab:red", label="measured")
+        self.figure, self.axes = explorer_figure()
+        (self.line,) = self.axes.plot([], [], color=CATEGORY_STYLES[0]["color"], label="measured")
         (self.prediction,) = self.axes.plot([], [], "k--", lw=1, label="radius^(T - t)")
         self.axes.set(xlabel="time step t", ylabel=r"$\|\partial L/\partial h_t\|$ (log scale)")
         self.axes.legend(loc="best")
@@ -328,18 +309,26 @@ class RecurrenceExplorer:
         self.update()
 
     def update(self) -> None:
-        """Measure the backward signal for the current controls and redraw it."""
+        """Measure the backward signal for the current controls, then redraw."""
+        self.norms = self.compute()
+        self.draw()
+
+    def compute(self) -> list[float]:
+        """``probes.recurrence_gradient_norms`` for the controls' current values."""
+        return recurrence_gradient_norms(self.radius.value, self.steps.value, self.hidden_size,
+                                         self.nonlinearity.value)
+
+    def draw(self) -> None:
+        """Redraw the measured and predicted lines and the title, and update the image."""
         radius, steps = self.radius.value, self.steps.value
-        self.norms = recurrence_gradient_norms(radius, steps, self.hidden_size, self.nonlinearity.value)
-        self.line.set_data(range(steps + 1), self.norms)
-        self.prediction.set_data(
-            range(steps + 1), [self.norms[-1] * radius ** (steps - t) for t in range(steps + 1)]
-        )
-        self.axes.relim()
-        self.axes.autoscale_view()
-        self.axes.set_title(
-            f"{self.nonlinearity.value} recurrence, spectral radius {radius:.2f}, T = {steps}: "
-            f"||dL/dh_0|| / ||dL/dh_T|| = {self.norms[0] / self.norms[-1]:.1e}",
-            fontsize=10,
-        )
-        self.image.value = figure_png(self.figure)
+        ratio = self.norms[0] / self.norms[-1]
+        setting = f"{self.nonlinearity.value} recurrence, spectral radius {radius:.2f}, T = {steps}"
+        redraw_lines(self.axes, {
+            self.line: (range(steps + 1), self.norms),
+            self.prediction: (range(steps + 1),
+                              [self.norms[-1] * radius ** (steps - t) for t in range(steps + 1)]),
+        }, f"{setting}: ||dL/dh_0|| / ||dL/dh_T|| = {ratio:.1e}")
+        alt = (f"Norm of dL/dh_t against time step t, log scale, measured (solid) and predicted "
+               f"radius^(T - t) (dashed): {setting}; dL/dh_0 is {ratio:.1e} times dL/dh_T.")
+        self.alt = alt
+        self.image.value = figure_png(self.figure, alt=alt, image=self.image)

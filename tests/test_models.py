@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from gradflow_lessons.models import INITS, MLP, RNNClassifier, init_linear_
+from gradflow_lessons import skips
+from gradflow_lessons.models import (
+    INITS,
+    MLP,
+    HiddenLayer,
+    RNNClassifier,
+    init_layer_,
+    init_linear_,
+    make_norm,
+)
 
 
 def test_mlp_has_depth_linear_layers_and_readable_names():
@@ -52,12 +61,66 @@ def test_every_init_gives_finite_outputs(init):
     assert torch.isfinite(model(torch.randn(4, 5))).all()
 
 
-def test_residual_layers_add_their_input():
+def test_residual_layers_are_the_skips_pre_activation_block():
     model = MLP(4, 1, depth=3, width=4, activation="relu", residual=True)
     layer = model.hidden[1]
     x = torch.randn(2, 4)
-    assert torch.allclose(layer(x), x + torch.relu(layer.linear(x)))
-    assert not model.hidden[0].residual  # the first layer changes the width
+    assert isinstance(layer, skips.ResidualBlock)
+    assert torch.allclose(layer(x), x + layer.branch.linear1(torch.relu(x)))  # h + W relu(h)
+    assert isinstance(model.hidden[0], HiddenLayer)  # the first layer changes the width
+
+
+def test_residual_mlp_names_its_linear_layers_readably():
+    model = MLP(3, 2, depth=4, width=8, residual=True)
+    names = [name for name, _ in model.linear_layers()]
+    assert names == ["hidden.0.linear", "hidden.1.branch.linear1", "hidden.2.branch.linear1", "output"]
+    parameters = dict(model.named_parameters())
+    assert all(f"{name}.weight" in parameters for name in names)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_residual_and_plain_mlps_share_their_weights_for_a_seed(init):
+    torch.manual_seed(3)
+    plain = MLP(3, 2, depth=5, width=8, init=init, gain=1.3, bias=0.1)
+    torch.manual_seed(3)
+    residual = MLP(3, 2, depth=5, width=8, init=init, gain=1.3, bias=0.1, residual=True)
+    after_residual = torch.rand(1)
+    for (_, a), (_, b) in zip(plain.linear_layers(), residual.linear_layers()):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    torch.manual_seed(3)
+    MLP(3, 2, depth=5, width=8, init=init, gain=1.3, bias=0.1)
+    assert torch.equal(torch.rand(1), after_residual)  # both consume the random stream alike
+
+
+def test_plain_mlp_draws_the_same_weights_as_the_layer_by_layer_recipe():
+    """MLP without residual is what it always was: Linear per layer in order, then init."""
+    torch.manual_seed(0)
+    model = MLP(3, 2, depth=3, width=5, init="xavier")
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(3, 5), torch.nn.Linear(5, 5), torch.nn.Linear(5, 2)]
+    for layer in layers[:-1]:
+        init_layer_(layer, "xavier")
+    init_layer_(layers[-1], "xavier")
+    for (_, mine), reference in zip(model.linear_layers(), layers):
+        assert torch.equal(mine.weight, reference.weight)
+
+
+def test_init_linear_is_the_one_init_routine():
+    assert init_linear_ is init_layer_ and skips.init_layer_ is init_layer_
+
+
+@pytest.mark.parametrize("norm, conv, kind", [
+    (None, False, torch.nn.Identity), ("batch", False, torch.nn.BatchNorm1d),
+    ("layer", False, torch.nn.LayerNorm), ("batch", True, torch.nn.BatchNorm2d),
+    ("layer", True, torch.nn.GroupNorm),
+])
+def test_make_norm_builds_the_named_normalisation(norm, conv, kind):
+    assert isinstance(make_norm(norm, 6, conv=conv), kind)
+
+
+def test_make_norm_rejects_an_unknown_name_with_the_choices():
+    with pytest.raises(ValueError, match="choose one of"):
+        make_norm("group", 4)
 
 
 @pytest.mark.parametrize("norm", ["batch", "layer"])

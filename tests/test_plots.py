@@ -166,3 +166,102 @@ def test_layer_colors_run_from_input_to_output():
     colors = plots.layer_colors(["a", "b", "c"])
     assert list(colors) == ["a", "b", "c"] and len(set(colors.values())) == 3
     assert np.allclose(colors["a"], mpl.colormaps["viridis"](0.0))
+
+
+def rc_snapshot() -> dict:
+    return {key: repr(value) for key, value in mpl.rcParams.items()}
+
+
+def test_importing_plots_changes_no_matplotlib_setting():
+    import subprocess
+    import sys
+
+    code = ("import matplotlib as mpl; before = {k: repr(v) for k, v in mpl.rcParams.items()}; "
+            "import gradflow_lessons.plots, gradflow_lessons.widgets; "
+            "after = {k: repr(v) for k, v in mpl.rcParams.items()}; "
+            "print(sorted(k for k in before if before[k] != after[k]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**__import__("os").environ, "MPLBACKEND": "Agg"})
+    assert result.stdout.strip() == "[]"
+
+
+ALL_PLOTS = [
+    lambda run: plots.plot_gradient_flow(run),
+    lambda run: plots.plot_gradient_heatmap(run),
+    lambda run: plots.plot_norms_over_time(run),
+    lambda run: plots.plot_histograms(run, "hidden.0.linear"),
+    lambda run: plots.plot_update_ratio(run),
+    lambda run: plots.plot_activation_fraction(run),
+    lambda run: plots.plot_activation_health(run),
+    lambda run: plots.plot_dashboard(run),
+    lambda run: plots.explorer_figure(),
+]
+
+
+@pytest.mark.parametrize("draw", ALL_PLOTS)
+def test_a_plot_call_leaves_every_matplotlib_setting_as_it_was(relu_run, draw):
+    before = rc_snapshot()
+    draw(relu_run)
+    assert rc_snapshot() == before
+
+
+def test_plots_draw_under_the_course_style_without_it_being_global(relu_run):
+    with mpl.rc_context({"figure.dpi": 100, "axes.grid": False}):
+        ax = plots.plot_gradient_flow(relu_run)
+        assert ax.figure.dpi == 90  # the style file's
+        assert all(line.get_visible() for line in ax.yaxis.get_gridlines())
+        assert mpl.rcParams["figure.dpi"] == 100
+
+
+def test_use_course_style_reads_the_style_file():
+    assert plots.STYLE.is_file()
+    with mpl.rc_context():
+        plots.use_course_style()
+        assert mpl.rcParams["figure.constrained_layout.use"] and not mpl.rcParams["axes.spines.top"]
+
+
+def test_dashboard_of_a_history_list_names_the_fix(relu_run):
+    with pytest.raises(TypeError, match=r"pass `monitor`, not `monitor.history`"):
+        plots.plot_dashboard(relu_run.history)
+
+
+@pytest.mark.parametrize("draw", [
+    lambda run: plots.plot_dashboard(type("Empty", (), {"history": [], "activations": []})()),
+    lambda run: plots.plot_gradient_flow(run, step=999),
+    lambda run: plots.plot_histograms(run, "no.such.layer"),
+    lambda run: plots.plot_activation_fraction(run, field="nope"),
+])
+def test_a_plot_that_raises_leaves_no_figure_open(relu_run, draw):
+    plt.close("all")
+    with pytest.raises((ValueError, TypeError)):
+        draw(relu_run)
+    assert plt.get_fignums() == []
+
+
+def test_a_failure_inside_the_dashboard_closes_its_figure(relu_run, monkeypatch):
+    plt.close("all")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(plots, "plot_gradient_heatmap", broken)
+    with pytest.raises(RuntimeError):
+        plots.plot_dashboard(relu_run)
+    assert plt.get_fignums() == []
+
+
+def test_categories_differ_by_more_than_colour():
+    styles = plots.CATEGORY_STYLES
+    assert len({s["marker"] for s in styles}) == len(styles)
+    assert all(s["color"] in plots.OKABE_ITO.values() for s in styles)
+
+
+def test_nonfinite_bars_are_hatched_as_well_as_coloured():
+    torch.manual_seed(0)
+    model = MLP(2, 3, depth=3, width=4)
+    with GradientMonitor(model) as monitor:
+        F.cross_entropy(model(torch.randn(8, 2)), torch.randint(0, 3, (8,))).backward()
+        model.hidden[0].linear.weight.grad[0, 0] = float("nan")
+        monitor.record()
+    ax = plots.plot_gradient_flow(monitor)
+    assert any(bar.get_hatch() for bar in ax.patches)

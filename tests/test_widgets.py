@@ -75,3 +75,26 @@ def test_rendering_keeps_a_fixed_layout_figure_fixed_under_the_course_style():
         constrained.subplots()
         figure_png(constrained)
         assert constrained.get_layout_engine() is not None
+
+
+def test_the_figure_carries_alt_text_with_the_numbers(explorer):
+    assert explorer.image.tooltip == explorer.alt
+    assert "depth 5" in explorer.alt and f"{explorer.profiles['plain'].first_layer:.1e}" in explorer.alt
+    explorer.depth.value = 7
+    assert "depth 7" in explorer.image.tooltip
+
+
+def test_figure_png_for_an_image_needs_alt_text():
+    from matplotlib.figure import Figure
+
+    from gradflow_lessons.widgets import figure_png
+
+    with pytest.raises(ValueError, match="alt="):
+        figure_png(Figure(), image=ipywidgets.Image(format="png"))
+
+
+def test_connections_differ_by_marker_and_line_style_not_only_colour(explorer):
+    lines = explorer.lines.values()
+    assert len({line.get_marker() for line in lines}) == 3
+    assert len({line.get_linestyle() for line in lines}) == 3
+    assert "tab:red" not in {line.get_color() for line in lines}

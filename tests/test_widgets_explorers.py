@@ -155,3 +155,10 @@ def test_explorer_figures_keep_their_fixed_layout_under_the_course_style(batch):
         explorers[0].depth.value = 4
         explorers[1].steps.value = 6
     assert [e.figure.get_layout_engine() for e in explorers] == [None, None]
+
+
+def test_explorers_carry_alt_text_that_follows_the_controls(explorer):
+    assert explorer.image.tooltip == explorer.alt and "depth 4" in explorer.alt
+    recurrence = RecurrenceExplorer(radius=0.9, steps=10, width=8)
+    recurrence.steps.value = 12
+    assert "T = 12" in recurrence.image.tooltip
