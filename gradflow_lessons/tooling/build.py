@@ -103,8 +103,9 @@ def kernel_environment(base: dict[str, str] | None = None) -> Iterator[dict[str,
     """The environment for notebook kernels, as a dict to hand to the kernel manager.
 
     A colour-free IPython profile (readable failures in logs and nbval diffs) in a
-    temporary folder that is removed on exit, a fixed hash seed, and no ``MPLBACKEND``
-    (lessons draw inline figures). ``os.environ`` is read, never changed.
+    temporary folder that is removed on exit, whose startup file gives every inline
+    figure alt text (:mod:`gradflow_lessons.tooling.figure_alt`), a fixed hash seed, and
+    no ``MPLBACKEND`` (lessons draw inline figures). ``os.environ`` is read, never changed.
 
     Args:
         base: the environment to start from (default: a copy of ``os.environ``).
@@ -114,6 +115,10 @@ def kernel_environment(base: dict[str, str] | None = None) -> Iterator[dict[str,
         profile.mkdir()
         (profile / "ipython_kernel_config.py").write_text(IPYTHON_CONFIG)
         (profile / "ipython_config.py").write_text(IPYTHON_CONFIG)
+        (profile / "startup").mkdir()
+        (profile / "startup" / "00-gradflow-figure-alt.py").write_text(
+            "__import__('gradflow_lessons.tooling.figure_alt').tooling.figure_alt.install()\n"
+        )
         env = dict(os.environ if base is None else base)
         env.pop("MPLBACKEND", None)
         env.update(
