@@ -1,0 +1,67 @@
+"""Plausible wrong answers for solutions/12_loss_scaling.ipynb: each must fail a check.
+
+A list of (description, {solution cell id: wrong source}); tests/test_exercises.py runs each.
+The scaler is one class in one cell, so each wrong answer is the solution's class with one
+method body changed (``_patched`` fails loudly if the solution no longer holds the text).
+"""
+
+from pathlib import Path
+
+import nbformat
+
+_SOLUTION = Path(__file__).resolve().parents[2] / "solutions" / "12_loss_scaling.ipynb"
+_SOURCES = {c.id: c.source for c in nbformat.read(_SOLUTION, as_version=4).cells}
+
+
+def _patched(cell_id: str, old: str, new: str) -> dict[str, str]:
+    source = _SOURCES[cell_id]
+    if source.count(old) != 1:
+        raise ValueError(f"{cell_id} of {_SOLUTION.name} no longer holds {old!r} once; "
+                         "update this wrong answer")
+    return {cell_id: source.replace(old, new)}
+
+
+WRONG_ANSWERS = [
+    (
+        "never skipping: step always calls optimizer.step(), even with an inf/NaN gradient",
+        _patched("solution-scaler",
+                 "        if self.found_inf:\n            return False\n        optimizer.step()",
+                 "        optimizer.step()"),
+    ),
+    (
+        "growing every good step, ignoring growth_interval",
+        _patched("solution-scaler",
+                 "            if self.growth_tracker == self.growth_interval:",
+                 "            if True:"),
+    ),
+    (
+        "clipping before unscaling: clip_grad_norm_ sees gradients still multiplied by the scale",
+        _patched("solution-clip-and-step",
+                 "    scaler.unscale_(params)  # clip_grad_norm_ must see the true gradient\n",
+                 ""),
+    ),
+    (
+        "looking for inf only (torch.isinf), so a NaN gradient is stepped with",
+        _patched("solution-scaler",
+                 "found = found or not bool(torch.isfinite(p.grad).all())",
+                 "found = found or bool(torch.isinf(p.grad).any())"),
+    ),
+    (
+        "step unscales again after a manual unscale_ (the gradient is divided twice)",
+        _patched("solution-scaler",
+                 "        if not self.unscaled:\n            self.unscale_(",
+                 "        self.unscaled = False\n        if True:\n            self.unscale_("),
+    ),
+    (
+        "not resetting the count of good steps after a back-off",
+        _patched("solution-scaler",
+                 "            self.growth_tracker = 0\n        else:",
+                 "        else:"),
+    ),
+    (
+        "update that never clears found_inf, so one overflow skips every later step",
+        _patched("solution-scaler",
+                 "        self.unscaled = False\n        self.found_inf = False\n",
+                 "        self.unscaled = False\n"),
+    ),
+]
