@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._params import parameter_list
+
 Parameters = Tensor | Iterable[Tensor]
 
 
@@ -59,9 +61,13 @@ class ClipStats:
     nonfinite: int
 
 
-def _gradients(parameters: Parameters, caller: str) -> tuple[list[Tensor], list[Tensor]]:
-    """The parameters that have a ``.grad``, and those gradients; warns when there are none."""
-    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+def _gradients(parameters: Parameters, caller: str, **positive: float) -> tuple[list[Tensor], list[Tensor]]:
+    """The parameters that have a ``.grad``, and those gradients; warns when there are none.
+    ``positive``: the thresholds, each checked to be > 0."""
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    params = parameter_list(parameters, caller)
     if not params:
         warnings.warn(
             f"{caller}: the parameter list is empty, nothing was clipped; pass "
@@ -165,9 +171,7 @@ def clip_by_norm_(
 
     Cost: one norm pass and one scaling pass over the gradients; one host sync.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
-    params, grads = _gradients(parameters, "clip_by_norm_")
+    params, grads = _gradients(parameters, "clip_by_norm_", max_norm=max_norm)
     if not grads:
         return _empty_stats(max_norm)
     with torch.no_grad():
@@ -210,9 +214,7 @@ def clip_by_value_(
     Cost: a norm pass and about four statistics passes before clamping, one clamping
     pass; one host sync.
     """
-    if not clip_value > 0:
-        raise ValueError(f"clip_value must be positive, got {clip_value}")
-    params, grads = _gradients(parameters, "clip_by_value_")
+    params, grads = _gradients(parameters, "clip_by_value_", clip_value=clip_value)
     if not grads:
         return _empty_stats(clip_value)
     with torch.no_grad():
@@ -377,11 +379,9 @@ def agc_(
     Cost: one pass over weights and gradients per parameter, no host sync but the one
     for the statistics.
     """
-    if not clipping > 0:
-        raise ValueError(f"clipping must be positive, got {clipping}")
     if not eps >= 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
-    params, grads = _gradients(parameters, "agc_")
+    params, grads = _gradients(parameters, "agc_", clipping=clipping)
     if not grads:
         return _empty_stats(clipping)
     with torch.no_grad():

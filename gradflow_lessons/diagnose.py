@@ -42,10 +42,12 @@ import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
 
+from ._params import trainable_parameters
 from .monitor import SATURATING_KINDS, GradientMonitor
 
 GRADIENT_RATIO_MIN = 1e-3
@@ -173,18 +175,67 @@ def _kaiming_gain(layers: list[tuple[str, nn.Module]]) -> float:
     for _, module in layers:
         weight = next(p for p in module.parameters(recurse=False) if p.dim() >= 2).detach()
         gains.append(weight.double().std().item() / math.sqrt(2.0 / weight[0].numel()))
-    return float(torch.tensor(gains).median())
+    return float(torch.tensor(gains).median()) if gains else math.nan
 
 
-def _nonfinite(
-    model: nn.Module, inputs: object, targets: object, loss: torch.Tensor, monitor: GradientMonitor
-) -> Finding | None:
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+@dataclass
+class _Case:
+    """What the rules read: the call's arguments, the monitored step and the diagnosis so far."""
+
+    model: nn.Module
+    loss_fn: Callable
+    inputs: object
+    targets: object
+    optimizer: torch.optim.Optimizer | None
+    steps: int
+    loss: float
+    monitor: GradientMonitor
+    diagnosis: Diagnosis
+    layers: list[tuple[str, nn.Module]]  # weight layers, input to output
+
+    @cached_property
+    def gain(self) -> float:
+        return _kaiming_gain(self.layers)
+
+    @cached_property
+    def grad_ratio(self) -> float:
+        """RMS gradient of the input-end weight layer over the output-end one's."""
+        values = list(self.diagnosis.grad_rms.values())
+        return values[0] / values[-1] if len(values) >= 2 and values[-1] > 0 else math.nan
+
+    @cached_property
+    def signal_ratio(self) -> float:
+        """Output std of the last hidden weight layer over the first one's."""
+        values = list(self.diagnosis.output_std.values())
+        return values[-2] / values[0] if len(values) >= 3 and values[0] > 0 else math.nan
+
+    def shape_evidence(self) -> dict[str, float]:
+        return {"grad_ratio_first_last": self.grad_ratio, "signal_ratio_last_first": self.signal_ratio,
+                "kaiming_gain": self.gain}
+
+
+# --------------------------------------------------------------------------- the rules
+# Each rule reads a _Case and returns a Finding or None; RULES runs them in order.
+
+
+def nonfinite_rule(case: _Case) -> Finding | None:
+    """A NaN/Inf in the inputs, targets, parameters, loss, an output or a gradient."""
     bad_inputs, bad_targets = (sum(int((~torch.isfinite(t)).sum()) for t in _tensors(data)
-                                   if t.is_floating_point()) for data in (inputs, targets))
-    bad_params = sum(int((~torch.isfinite(p.detach())).sum()) for p in model.parameters())
-    grads = {r.layer: r.nonfinite for r in monitor.history if r.nonfinite}
-    outputs = [a.layer for a in monitor.activations if not math.isfinite(a.mean)]
-    if not (bad_inputs or bad_targets or bad_params or grads or outputs or not math.isfinite(loss.item())):
+                                   if t.is_floating_point()) for data in (case.inputs, case.targets))
+    bad_params = sum(int((~torch.isfinite(p.detach())).sum()) for p in case.model.parameters())
+    grads = {r.layer: r.nonfinite for r in case.monitor.history if r.nonfinite}
+    outputs = [a.layer for a in case.monitor.activations if not math.isfinite(a.mean)]
+    if not (bad_inputs or bad_targets or bad_params or grads or outputs or not math.isfinite(case.loss)):
         return None
     if bad_inputs or bad_targets:
         fix = ("the data contain NaN/Inf: clean the data before training (find the rows with "
@@ -199,19 +250,121 @@ def _nonfinite(
                "clip gradients")
     evidence = {"nonfinite_inputs": float(bad_inputs), "nonfinite_targets": float(bad_targets),
                 "nonfinite_parameters": float(bad_params),
-                "nonfinite_gradients": float(sum(grads.values())), "loss": loss.item()}
+                "nonfinite_gradients": float(sum(grads.values())), "loss": case.loss}
     return Finding("nonfinite", outputs + [n for n in grads if n not in outputs] or ["(inputs)"],
                    evidence, fix)
 
 
-def _tensors(value: object) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
+def dead_relu_rule(case: _Case) -> Finding | None:
+    """ReLU layers with at least ``DEAD_FRACTION`` of their units zero for the whole batch."""
+    dead = {n: v for n, v in case.diagnosis.dead_fraction.items() if v >= DEAD_FRACTION}
+    if not dead:
+        return None
+    biases = [m.bias.detach().double().mean().item() for _, m in case.layers
+              if getattr(m, "bias", None) is not None]
+    mean_bias = sum(biases) / len(biases) if biases else 0.0
+    return Finding(
+        "dead_relu", list(dead),
+        {"max_dead_fraction": max(dead.values()), "dead_layers": float(len(dead)), "mean_bias": mean_bias},
+        "these ReLUs output 0 for every example, so no gradient reaches them: reset the "
+        f"biases to 0 (mean bias now {mean_bias:.3g}), use Kaiming init, or use LeakyReLU/GELU; "
+        "if it happened during training, lower the learning rate")
+
+
+def saturation_rule(case: _Case) -> Finding | None:
+    """tanh/sigmoid layers with at least ``SATURATED_FRACTION`` of their outputs on the flat part."""
+    saturated = {n: v for n, v in case.diagnosis.saturated_fraction.items() if v >= SATURATED_FRACTION}
+    if not saturated:
+        return None
+    first = _tensors(case.inputs)[0].detach().double()
+    return Finding(
+        "saturation", list(saturated),
+        {"max_saturated_fraction": max(saturated.values()), "input_std": first.std().item(),
+         "kaiming_gain": case.gain},
+        "pre-activations are too large for tanh/sigmoid (derivative < 0.02): standardise the "
+        "inputs to std 1, use Xavier init with gain 1 (std = sqrt(2/(fan_in+fan_out))), or "
+        "add LayerNorm before the activation")
+
+
+def exploding_rule(case: _Case) -> Finding | None:
+    """The forward signal grows past ``SIGNAL_RATIO_MAX`` or the gradient past ``GRADIENT_RATIO_MAX``."""
+    if not (case.signal_ratio > SIGNAL_RATIO_MAX or case.grad_ratio > GRADIENT_RATIO_MAX):
+        return None
+    stds = case.diagnosis.output_std
+    first = next(iter(stds.values()), math.nan)
+    grows = [n for n, v in stds.items() if v > SIGNAL_RATIO_MAX * first]
+    return Finding(
+        "exploding", grows or list(case.diagnosis.grad_rms)[:1], case.shape_evidence(),
+        f"weights are {case.gain:.3g}x the Kaiming scale: re-initialise with Kaiming init "
+        "(std = sqrt(2/fan_in); Xavier for tanh), add normalisation (LayerNorm/BatchNorm), "
+        "and clip the gradient norm (clip_grad_norm_) with a lower learning rate")
+
+
+def vanishing_rule(case: _Case) -> Finding | None:
+    """The gradient or the signal dies out; only when no other finding explains it already."""
+    if case.diagnosis.findings or not (case.grad_ratio < GRADIENT_RATIO_MIN
+                                       or case.signal_ratio < SIGNAL_RATIO_MIN):
+        return None
+    rms, stds = case.diagnosis.grad_rms, case.diagnosis.output_std
+    last_rms, first_std = list(rms.values())[-1], next(iter(stds.values()), math.nan)
+    weak = [n for n, v in rms.items() if v < GRADIENT_RATIO_MIN * last_rms]
+    weak += [n for n, v in list(stds.items())[:-1] if v < SIGNAL_RATIO_MIN * first_std]
+    squashing = any(isinstance(m, SATURATING_KINDS) for m in case.model.modules())
+    fix = ("replace sigmoid/tanh by ReLU or GELU with Kaiming init (std = sqrt(2/fan_in)), "
+           "or add residual connections with normalisation (pre-LayerNorm)" if squashing else
+           f"weights are {case.gain:.3g}x the Kaiming scale: re-initialise with Kaiming init "
+           "(std = sqrt(2/fan_in)), or add residual connections with normalisation")
+    return Finding("vanishing", list(dict.fromkeys(weak)), case.shape_evidence(), fix)
+
+
+def learning_rate_rule(case: _Case) -> Finding | None:
+    """With ``steps > 0``: watch training on copies and catch a too-high learning rate."""
+    if case.steps == 0 or case.optimizer is None:
+        return None
+    diagnosis = case.diagnosis
+    diagnosis.watched_losses, ratios = _watch(case.model, case.loss_fn, case.inputs, case.targets,
+                                              case.optimizer, case.steps)
+    diagnosis.update_ratio = {n: ratios[n] for n, _ in case.layers if n in ratios}
+    lr = float(case.optimizer.param_groups[0]["lr"])
+    losses, per_layer = diagnosis.watched_losses, list(diagnosis.update_ratio.values())
+    medians = [statistics.median(r[i] for r in per_layer) for i in range(min(map(len, per_layer), default=0))]
+    peak = max((m for m in medians if math.isfinite(m)), default=0.0)
+    bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]  # NaN weights give a NaN loss
+    growth = losses[-1] / losses[0] if losses[0] > 0 else math.nan  # a ratio needs a loss > 0
+    if not (bad or growth > LOSS_GROWTH_MAX or peak > UPDATE_RATIO_MAX):
+        return None
+    evidence = {"loss_growth": growth, "max_update_ratio": peak, "learning_rate": lr,
+                "watched_steps": float(len(losses) - 1)}
+    if bad:
+        evidence["first_nonfinite_step"] = float(bad[0])
+    layers = [n for n, r in diagnosis.update_ratio.items() if any(v > UPDATE_RATIO_MAX for v in r)]
+    return Finding("exploding", layers or list(diagnosis.update_ratio), evidence,
+                   f"the learning rate {lr:.3g} is too high for this model: lower it by 10x, to about "
+                   f"{lr / 10:.3g} (and add warm-up), and/or clip the gradient norm (clip_grad_norm_); "
+                   "then watch again")
+
+
+RULES: tuple[Callable[[_Case], Finding | None], ...] = (
+    nonfinite_rule, dead_relu_rule, saturation_rule, exploding_rule, vanishing_rule, learning_rate_rule,
+)
+"""The symptoms, in order. A non-finite finding stops the rest (every other number is then
+meaningless); a later finding of a kind already found adds its evidence to the first (one
+root cause, one finding: a too-high learning rate on an exploding init)."""
+
+
+def _apply_rules(case: _Case) -> None:
+    findings = case.diagnosis.findings
+    for rule in RULES:
+        found = rule(case)
+        if found is None:
+            continue
+        same = next((f for f in findings if f.kind == found.kind), None)
+        if same is not None:
+            same.evidence.update(found.evidence)
+        else:
+            findings.append(found)
+        if found.kind == "nonfinite":
+            return
 
 
 def _watch(model: nn.Module, loss_fn: Callable, inputs: object, targets: object,
@@ -247,25 +400,6 @@ def _watch(model: nn.Module, loss_fn: Callable, inputs: object, targets: object,
     for record in monitor.history:
         ratios.setdefault(record.layer, []).append(record.update_ratio)
     return losses, ratios
-
-
-def _too_high_learning_rate(diagnosis: Diagnosis, lr: float) -> Finding | None:
-    losses, ratios = diagnosis.watched_losses, list(diagnosis.update_ratio.values())
-    medians = [statistics.median(r[i] for r in ratios) for i in range(min(map(len, ratios), default=0))]
-    peak = max((m for m in medians if math.isfinite(m)), default=0.0)
-    bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]  # NaN weights give a NaN loss
-    growth = losses[-1] / losses[0] if losses[0] > 0 else math.nan  # a ratio needs a loss > 0
-    if not (bad or growth > LOSS_GROWTH_MAX or peak > UPDATE_RATIO_MAX):
-        return None
-    evidence = {"loss_growth": growth, "max_update_ratio": peak, "learning_rate": lr,
-                "watched_steps": float(len(losses) - 1)}
-    if bad:
-        evidence["first_nonfinite_step"] = float(bad[0])
-    layers = [n for n, r in diagnosis.update_ratio.items() if any(v > UPDATE_RATIO_MAX for v in r)]
-    return Finding("exploding", layers or list(diagnosis.update_ratio), evidence,
-                   f"the learning rate {lr:.3g} is too high for this model: lower it by 10x, to about "
-                   f"{lr / 10:.3g} (and add warm-up), and/or clip the gradient norm (clip_grad_norm_); "
-                   "then watch again")
 
 
 def diagnose(
@@ -313,9 +447,7 @@ def diagnose(
         ValueError: the model has no trainable parameters; ``steps`` is negative or
             positive without an ``optimizer``; the optimizer updates other tensors.
     """
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("model has no parameters with requires_grad=True, so it has no gradient "
-                         "flow to diagnose; did you freeze it? Unfreeze with p.requires_grad_(True)")
+    trainable_parameters(model)  # raises when there is nothing to diagnose
     if steps < 0:
         raise ValueError(f"steps={steps} is negative; pass steps=0 (one pass only) or e.g. steps=10 "
                          "to also watch ten training steps")
@@ -337,80 +469,17 @@ def diagnose(
     finally:
         for p, g in zip(params, saved):
             p.grad = g
-    loss = loss.detach()
 
     layers = _weight_layers(model)
     rms = {r.layer: r.grad_norm / math.sqrt(r.numel) for r in monitor.history}
-    grad_rms = {n: rms[n] for n, _ in layers if n in rms}
     stds = {a.layer: a.std for a in monitor.activations}
-    output_std = {n: stds[n] for n, _ in layers if n in stds}
     diagnosis = Diagnosis(
-        [], loss.item(), grad_rms, output_std,
+        [], loss.item(),
+        {n: rms[n] for n, _ in layers if n in rms},
+        {n: stds[n] for n, _ in layers if n in stds},
         {a.layer: a.dead_fraction for a in monitor.activations if a.dead_fraction is not None},
         {a.layer: a.saturated_fraction for a in monitor.activations if a.saturated_fraction is not None},
     )
-
-    found = _nonfinite(model, inputs, targets, loss, monitor)
-    if found is not None:
-        diagnosis.findings.append(found)
-        return diagnosis
-
-    findings = diagnosis.findings
-    dead = {n: v for n, v in diagnosis.dead_fraction.items() if v >= DEAD_FRACTION}
-    if dead:
-        biases = [m.bias.detach().double().mean().item() for _, m in layers
-                  if getattr(m, "bias", None) is not None]
-        mean_bias = sum(biases) / len(biases) if biases else 0.0
-        findings.append(Finding(
-            "dead_relu", list(dead),
-            {"max_dead_fraction": max(dead.values()), "dead_layers": float(len(dead)),
-             "mean_bias": mean_bias},
-            "these ReLUs output 0 for every example, so no gradient reaches them: reset the "
-            f"biases to 0 (mean bias now {mean_bias:.3g}), use Kaiming init, or use LeakyReLU/GELU; "
-            "if it happened during training, lower the learning rate"))
-    saturated = {n: v for n, v in diagnosis.saturated_fraction.items() if v >= SATURATED_FRACTION}
-    if saturated:
-        first = _tensors(inputs)[0].detach().double()
-        findings.append(Finding(
-            "saturation", list(saturated),
-            {"max_saturated_fraction": max(saturated.values()), "input_std": first.std().item(),
-             "kaiming_gain": _kaiming_gain(layers)},
-            "pre-activations are too large for tanh/sigmoid (derivative < 0.02): standardise the "
-            "inputs to std 1, use Xavier init with gain 1 (std = sqrt(2/(fan_in+fan_out))), or "
-            "add LayerNorm before the activation"))
-
-    names, values = list(grad_rms), list(grad_rms.values())
-    grad_ratio = values[0] / values[-1] if len(values) >= 2 and values[-1] > 0 else math.nan
-    out_names, out_values = list(output_std), list(output_std.values())
-    signal = (out_values[-2] / out_values[0] if len(out_values) >= 3 and out_values[0] > 0
-              else math.nan)
-    gain = _kaiming_gain(layers) if layers else math.nan
-    evidence = {"grad_ratio_first_last": grad_ratio, "signal_ratio_last_first": signal,
-                "kaiming_gain": gain}
-    if signal > SIGNAL_RATIO_MAX or grad_ratio > GRADIENT_RATIO_MAX:
-        grows = [n for n, v in zip(out_names, out_values) if v > SIGNAL_RATIO_MAX * out_values[0]]
-        findings.append(Finding(
-            "exploding", grows or names[:1], evidence,
-            f"weights are {gain:.3g}x the Kaiming scale: re-initialise with Kaiming init "
-            "(std = sqrt(2/fan_in); Xavier for tanh), add normalisation (LayerNorm/BatchNorm), "
-            "and clip the gradient norm (clip_grad_norm_) with a lower learning rate"))
-    elif not findings and (grad_ratio < GRADIENT_RATIO_MIN or signal < SIGNAL_RATIO_MIN):
-        weak = [n for n, v in grad_rms.items() if v < GRADIENT_RATIO_MIN * values[-1]]
-        weak += [n for n, v in zip(out_names[:-1], out_values) if v < SIGNAL_RATIO_MIN * out_values[0]]
-        squashing = any(isinstance(m, SATURATING_KINDS) for m in model.modules())
-        fix = ("replace sigmoid/tanh by ReLU or GELU with Kaiming init (std = sqrt(2/fan_in)), "
-               "or add residual connections with normalisation (pre-LayerNorm)" if squashing else
-               f"weights are {gain:.3g}x the Kaiming scale: re-initialise with Kaiming init "
-               "(std = sqrt(2/fan_in)), or add residual connections with normalisation")
-        findings.append(Finding("vanishing", list(dict.fromkeys(weak)), evidence, fix))
-
-    if steps > 0 and optimizer is not None:
-        diagnosis.watched_losses, ratios = _watch(model, loss_fn, inputs, targets, optimizer, steps)
-        diagnosis.update_ratio = {n: ratios[n] for n, _ in layers if n in ratios}
-        found = _too_high_learning_rate(diagnosis, float(optimizer.param_groups[0]["lr"]))
-        init = next((f for f in findings if f.kind == "exploding"), None)
-        if found is not None and init is not None:  # one root cause: add the evidence to it
-            init.evidence.update(found.evidence)
-        elif found is not None:
-            findings.append(found)
+    _apply_rules(_Case(model, loss_fn, inputs, targets, optimizer, steps, diagnosis.loss, monitor,
+                       diagnosis, layers))
     return diagnosis

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._params import trainable_parameters
+
 DEAD_KINDS = (nn.ReLU, nn.ReLU6)
 SATURATING_KINDS = (nn.Tanh, nn.Sigmoid)
 
@@ -201,28 +203,14 @@ class GradientMonitor:
             if first.setdefault(id(module), name) != name:
                 self.aliases.setdefault(first[id(module)], [first[id(module)]]).append(name)
 
-        # Trainable parameters, grouped by the first module that owns them (tied weights
-        # count once); layers are the modules that own at least one.
-        self.layers: list[str] = []
-        self.frozen_parameters = 0  # entries with requires_grad=False, left out
-        self._params: list[nn.Parameter] = []
-        self._owner: list[int] = []
-        seen: set[int] = set()
-        for name, module in model.named_modules():
-            own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
-            seen.update(id(p) for p in own)
-            self.frozen_parameters += sum(p.numel() for p in own if not p.requires_grad)
-            own = [p for p in own if p.requires_grad]
-            if own:
-                self._owner += [len(self.layers)] * len(own)
-                self._params += own
-                self.layers.append(name)
-        if not self._params:
-            raise ValueError(
-                "model has no parameters with requires_grad=True, so there is no gradient to "
-                "monitor; did you freeze it? Unfreeze the parameters you train with "
-                "`p.requires_grad_(True)`."
-            )
+        # Trainable parameters, grouped by the module that owns them (tied weights count
+        # once, under their first name); layers are the modules that own at least one.
+        self.frozen_parameters = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        trainable = trainable_parameters(model)
+        self._params: list[nn.Parameter] = list(trainable.values())
+        layer_of: dict[str, int] = {}
+        self._owner = [layer_of.setdefault(name.rpartition(".")[0], len(layer_of)) for name in trainable]
+        self.layers: list[str] = list(layer_of)
 
         self._hooked = [
             (name, m) for name, m in model.named_modules()
@@ -363,6 +351,33 @@ class GradientMonitor:
         Raises:
             RuntimeError: the monitor is not attached, or no parameter has a gradient yet.
         """
+        present, grads = self._gradients_now()
+        if step is None:
+            step = self._steps[-1].gradients[0].step + 1 if self._steps else 0
+        detail = self._due(self.detail_every)
+        per_param = self._reduce_gradients(grads, detail)
+        grad_hist = self._gradient_histograms(present, grads) if self._due(self.histogram_every) else []
+        active = [i for i, sums in enumerate(self._act_sums) if sums is not None]
+        act_hist = [(i, self._act_hist[i]) for i in active if self._act_hist[i] is not None]
+
+        parts = [[per_param], [self._act_sums[i] for i in active], [h for _, h in grad_hist],
+                 [h for _, h in act_hist], [t for _, t in self._unresolved]]
+        moved = iter(_to_cpu([t for part in parts for t in part]))  # the one host sync
+        per_param, act_sums, grad_counts, act_counts, updates = (
+            [next(moved) for _ in part] for part in parts)
+        self._resolve(updates)
+
+        records = self._gradient_records(step, present, grads, per_param[0], detail)
+        activations = [self._activation_record(step, i, sums) for i, sums in zip(active, act_sums)]
+        histograms = [HistogramRecord(step, self.layers[layer], "gradient", self._grad_edges, counts)
+                      for (layer, _), counts in zip(grad_hist, grad_counts)]
+        histograms += [HistogramRecord(step, self._hooked[i][0], "activation", self._act_edges[i], counts)
+                       for (i, _), counts in zip(act_hist, act_counts)]
+        self._store(_Step(records, activations, histograms))
+        return records
+
+    def _gradients_now(self) -> tuple[list[int], list[torch.Tensor]]:
+        """Indices of the trainable parameters that have a ``.grad``, and those (dense) gradients."""
         if not self._active:
             raise RuntimeError(
                 "record() needs the monitor's hooks: call it inside "
@@ -374,47 +389,44 @@ class GradientMonitor:
                 "record() found no gradients on the model's trainable parameters; call "
                 "loss.backward() before monitor.record()"
             )
-        if step is None:
-            step = self._steps[-1].gradients[0].step + 1 if self._steps else 0
         grads = [self._params[i].grad for i in present]
-        grads = [g.to_dense() if g.is_sparse else g for g in grads]
-        # Per parameter, on the device, no sync: the L2 norm, and on detail steps the L1
-        # norm, min, max and count of non-zeros; [1 or 5, P].
+        return present, [g.to_dense() if g.is_sparse else g for g in grads]
+
+    @staticmethod
+    def _reduce_gradients(grads: list[torch.Tensor], detail: bool) -> torch.Tensor:
+        """Per parameter, on the device, no sync: the L2 norm, and on detail steps the L1
+        norm, min, max and count of non-zeros; [1 or 5, P]."""
         per_param = list(torch._foreach_norm(grads))
-        detail = self._due(self.detail_every)
         if detail:
             extremes = [torch.aminmax(g) for g in grads]
             per_param += [g.abs().sum() for g in grads] + [e.min for e in extremes]
             per_param += [e.max for e in extremes] + [torch.count_nonzero(g) for g in grads]
         if len({g.device for g in grads}) > 1:  # a model split over devices: gather first
             per_param = [t.cpu() for t in per_param]
-        per_param = torch.stack(per_param).view(-1, len(grads))
-        grad_hist = []
-        if self._due(self.histogram_every):
-            for layer in range(len(self.layers)):
-                mine = [g.reshape(-1) for i, g in zip(present, grads) if self._owner[i] == layer]
-                if mine:
-                    values = self._sample(torch.cat(mine)).abs().log10()
-                    grad_hist.append((layer, _histogram(values, self._grad_edges)))
-        active = [i for i, sums in enumerate(self._act_sums) if sums is not None]
-        act_hist = [(i, self._act_hist[i]) for i in active if self._act_hist[i] is not None]
+        return torch.stack(per_param).view(-1, len(grads))
 
-        parts = [[per_param], [self._act_sums[i] for i in active], [h for _, h in grad_hist],
-                 [h for _, h in act_hist], [t for _, t in self._unresolved]]
-        moved = iter(_to_cpu([t for part in parts for t in part]))  # the one host sync
-        per_param, act_sums, grad_counts, act_counts, updates = (
-            [next(moved) for _ in part] for part in parts)
-        self._resolve(updates)
-        l2, *more = per_param[0].tolist()
+    def _gradient_histograms(self, present: list[int],
+                             grads: list[torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+        """``(layer index, counts of log10 |g|)`` of each layer with gradients, on the device."""
+        out = []
+        for layer in range(len(self.layers)):
+            mine = [g.reshape(-1) for i, g in zip(present, grads) if self._owner[i] == layer]
+            if mine:
+                values = self._sample(torch.cat(mine)).abs().log10()
+                out.append((layer, _histogram(values, self._grad_edges)))
+        return out
+
+    def _gradient_records(self, step: int, present: list[int], grads: list[torch.Tensor],
+                          per_param: torch.Tensor, detail: bool) -> list[GradientRecord]:
+        """One record per layer with gradients, from the per-parameter reductions on the CPU."""
+        l2, *more = per_param.tolist()
         l1, low, high, nonzero = more if detail else (None, None, None, None)
-
         nonfinite = [0] * len(present)
         bad = [k for k in range(len(present)) if not math.isfinite(l2[k])]
         if bad:  # rare: count exactly (a second sync, only when something is NaN/Inf)
             counts = torch.stack([(~torch.isfinite(grads[k])).sum() for k in bad]).tolist()
             for k, count in zip(bad, counts):
                 nonfinite[k] = count
-
         rows_of: dict[int, list[int]] = {}
         for k, i in enumerate(present):
             rows_of.setdefault(self._owner[i], []).append(k)
@@ -431,36 +443,35 @@ class GradientMonitor:
                 nonfinite=sum(nonfinite[k] for k in rows),
                 numel=numel,
             ))
-        activations = []
-        for i, sums in zip(active, act_sums):
-            total, square, dead, saturated = sums.tolist()
-            entries, units, calls = self._act_counts[i]
-            module = self._hooked[i][1]
-            mean = total / entries
-            activations.append(ActivationRecord(
-                step=step,
-                layer=self._hooked[i][0],
-                kind=type(module).__name__,
-                mean=mean,
-                std=math.sqrt(max(square / entries - mean**2, 0.0)) if math.isfinite(square) else math.nan,
-                dead_fraction=dead / units if isinstance(module, DEAD_KINDS) else None,
-                saturated_fraction=saturated / entries if isinstance(module, SATURATING_KINDS) else None,
-                numel=entries,
-                calls=calls,
-            ))
-        histograms = [HistogramRecord(step, self.layers[layer], "gradient", self._grad_edges, counts)
-                      for (layer, _), counts in zip(grad_hist, grad_counts)]
-        histograms += [HistogramRecord(step, self._hooked[i][0], "activation", self._act_edges[i], counts)
-                       for (i, _), counts in zip(act_hist, act_counts)]
+        return records
 
-        self._steps.append(_Step(records, activations, histograms))
+    def _activation_record(self, step: int, index: int, sums: torch.Tensor) -> ActivationRecord:
+        """The pooled output statistics of hooked module ``index`` from its sums on the CPU."""
+        total, square, dead, saturated = sums.tolist()
+        entries, units, calls = self._act_counts[index]
+        name, module = self._hooked[index]
+        mean = total / entries
+        return ActivationRecord(
+            step=step,
+            layer=name,
+            kind=type(module).__name__,
+            mean=mean,
+            std=math.sqrt(max(square / entries - mean**2, 0.0)) if math.isfinite(square) else math.nan,
+            dead_fraction=dead / units if isinstance(module, DEAD_KINDS) else None,
+            saturated_fraction=saturated / entries if isinstance(module, SATURATING_KINDS) else None,
+            numel=entries,
+            calls=calls,
+        )
+
+    def _store(self, step: _Step) -> None:
+        """Keep ``step`` in the rolling window and get ready for the next one."""
+        self._steps.append(step)
         if len(self._steps) > self.max_steps:
             self._steps.popleft()
             self.dropped_steps += 1
         self._records_made += 1
-        self._awaiting = records if self.optimizer is not None else None
+        self._awaiting = step.gradients if self.optimizer is not None else None
         self._reset_activations()
-        return records
 
     # ------------------------------------------------------------------ reading
 

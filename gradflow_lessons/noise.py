@@ -1,4 +1,4 @@
-"""Per-sample gradients, their covariance, and the gradient noise scale.
+"""The gradient noise: covariance of per-sample gradients and the gradient noise scale.
 
 A mini-batch gradient is the mean of per-sample gradients ``g_i``. Their mean ``G`` is
 the signal; their covariance ``Sigma`` is the noise. McCandlish et al. (2018), "An
@@ -14,11 +14,9 @@ With N per-sample gradients and their mean ``gbar`` the unbiased estimates are
 
 Without the ``- S / N`` bias correction, small batches look far less noisy than they are.
 
-Two ways to get the per-sample terms: ``torch.func`` (``vmap(grad(functional_call))``,
-any model), and for ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` layers, hooks that use
-``g_i = delta_i a_i^T`` (output gradient times input activation), so
-``|g_i|^2 = |delta_i|^2 |a_i|^2`` costs about one forward and backward pass
-(Goodfellow 2015, "Efficient per-example gradient computations").
+The per-sample terms come from ``per_sample`` (``per_sample_gradients`` through
+``torch.func``, any model; ``per_sample_grad_sq_norms`` through hooks for Linear/Conv
+layers, about one forward and backward pass); both names are importable from here too.
 
 Every ``loss_fn(outputs, targets)`` must return the *mean* of per-sample losses, and
 ``model(inputs)`` must treat samples independently (no BatchNorm in training mode).
@@ -27,56 +25,28 @@ Every ``loss_fn(outputs, targets)`` must return the *mean* of per-sample losses,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-HOOK_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+from ._params import module_of, trainable_parameters
+from .per_sample import (
+    HOOK_LAYERS,
+    LossFn,
+    check_batch,
+    hook_statistics,
+    hookable_layers,
+    per_sample_grad_sq_norms,
+    per_sample_gradients,
+)
 
-
-# --------------------------------------------------------------------------- plumbing
-
-
-def _trainable(model: nn.Module, params: Iterable[str] | None = None) -> dict[str, nn.Parameter]:
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if not named:
-        raise ValueError("model has no parameters with requires_grad=True; did you freeze it?")
-    if params is None:
-        return named
-    wanted = list(params)
-    unknown = [n for n in wanted if n not in named]
-    if unknown or not wanted:
-        raise ValueError(f"unknown or frozen parameter names {unknown}; choose from {sorted(named)}")
-    return {n: named[n] for n in wanted}
-
-
-def _check_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, least: int = 2) -> int:
-    n = inputs.shape[0] if inputs.dim() else 0
-    if n != (targets.shape[0] if targets.dim() else 0):
-        raise ValueError(f"inputs and targets disagree on the batch size: {n} vs {targets.shape[0]}")
-    if n < least:
-        raise ValueError(
-            f"a batch of {n} sample(s) cannot give an unbiased noise estimate: tr(Sigma) divides by "
-            "N - 1. Pass at least 2 samples (tens to hundreds for a useful estimate), or average "
-            "batch-size-1 gradients across steps with two_batch_estimate and NoiseScaleEMA."
-        )
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-            raise ValueError(
-                f"{name or 'model'} is BatchNorm in training mode: samples interact, so per-sample "
-                "gradients are undefined. Call model.eval(), or use LayerNorm/GroupNorm."
-            )
-    return n
-
-
-def _group(name: str) -> str:
-    """The module a parameter belongs to: 'hidden.0.linear.weight' -> 'hidden.0.linear'."""
-    return name.rpartition(".")[0] or "model"
+__all__ = [  # per-sample gradients moved to per_sample.py; importable from here as before
+    "HOOK_LAYERS", "GradientCovariance", "GradientNoiseScale", "LayerNoise", "NoiseScaleEMA",
+    "TwoBatchEstimate", "all_reduce_gradients", "gradient_covariance", "gradient_noise_scale",
+    "gradient_snr", "per_sample_grad_sq_norms", "per_sample_gradients", "two_batch_estimate",
+]
 
 
 def _nonfinite(where: str) -> ValueError:
@@ -84,159 +54,6 @@ def _nonfinite(where: str) -> ValueError:
         f"non-finite (NaN/Inf) gradient in {where}: the noise scale is undefined. Check the inputs "
         "and the loss for NaN/Inf, lower the learning rate, or clip gradients (lesson 04)."
     )
-
-
-# --------------------------------------------------------------------------- per-sample gradients
-
-
-def per_sample_gradients(
-    model: nn.Module,
-    loss_fn: LossFn,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    params: Iterable[str] | None = None,
-    chunk_size: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Gradient of each sample's loss, for every trainable parameter (or ``params``).
-
-    ``g_i = d loss_fn(model(x_i), y_i) / d theta``, vectorised with
-    ``vmap(grad(functional_call))``: one batched backward pass, memory N x |theta|.
-
-    Args:
-        model, loss_fn, inputs [N, ...], targets [N, ...]: as everywhere in the course.
-        params: parameter names to differentiate (default: all trainable ones).
-        chunk_size: samples per vmap chunk, to bound memory.
-
-    Returns:
-        ``{name: [N, *param.shape]}``, detached, on the parameters' device.
-
-    Raises:
-        ValueError: no trainable parameters, unknown names, BatchNorm in training mode.
-    """
-    chosen = {k: p.detach() for k, p in _trainable(model, params).items()}
-    _check_batch(model, inputs, targets, least=1)
-    rest = {k: p.detach() for k, p in model.named_parameters() if k not in chosen}
-    buffers = dict(model.named_buffers())
-
-    def sample_loss(theta: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (theta, rest, buffers), (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
-
-    return vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(chosen, inputs, targets)
-
-
-def _unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A conv layer's input as patches [N, C_in * k, L], so the layer is a matrix product."""
-    if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
-        raise ValueError(
-            f"{type(module).__name__} with groups={module.groups}, padding={module.padding!r}, "
-            f"padding_mode={module.padding_mode!r} has no hook fast path; use method='vmap'"
-        )
-    if isinstance(module, nn.Conv1d):  # a 1-D conv is a 2-D conv of height 1
-        x, k, d, p, s = x.unsqueeze(2), (1, *module.kernel_size), (1, *module.dilation), (
-            0, *module.padding), (1, *module.stride)
-        return F.unfold(x, k, dilation=d, padding=p, stride=s)
-    return F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-
-
-def _layer_sq_norms(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Per-sample |dW_i|^2 + |db_i|^2 [N] of one layer from its input a and output gradient d."""
-    n = a.shape[0]
-    if isinstance(module, nn.Linear):
-        a, d = a.reshape(n, -1, a.shape[-1]), d.reshape(n, -1, d.shape[-1])  # [N, L, K], [N, L, O]
-    else:
-        a, d = _unfold(module, a).transpose(1, 2), d.reshape(n, d.shape[1], -1).transpose(1, 2)
-    length, k, o = a.shape[1], a.shape[2], d.shape[2]
-    if length == 1:  # |d a^T|^2 = |d|^2 |a|^2: the Goodfellow identity
-        sq = a.square().sum((1, 2)) * d.square().sum((1, 2))
-    elif length * length <= k * o:  # sum_{t,s} (a_t . a_s)(d_t . d_s), via two L x L Gram matrices
-        sq = (a @ a.transpose(1, 2) * (d @ d.transpose(1, 2))).sum((1, 2))
-    else:  # form each [O, K] gradient
-        sq = torch.einsum("nlo,nlk->nok", d, a).square().sum((1, 2))
-    if module.bias is not None and module.bias.requires_grad:
-        sq = sq + d.sum(1).square().sum(1)
-    return sq
-
-
-class _SampleNormHooks:
-    """Forward hooks on hookable layers that catch each input and output gradient; use with ``with``."""
-
-    def __init__(self, layers: dict[str, nn.Module]) -> None:
-        self.layers, self.inputs, self.grads, self.handles = layers, {}, {}, []
-
-    def __enter__(self) -> _SampleNormHooks:
-        for name, module in self.layers.items():
-            self.handles.append(module.register_forward_hook(self._forward(name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-    def _forward(self, name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if name in self.inputs:
-                raise ValueError(f"layer {name} runs twice in one forward pass; use method='vmap'")
-            self.inputs[name] = args[0].detach()
-            output.register_hook(lambda g: self.grads.__setitem__(name, g.detach()))  # freed with the graph
-
-        return hook
-
-
-def _hookable_layers(model: nn.Module, chosen: dict[str, nn.Parameter]) -> dict[str, nn.Module] | None:
-    """The layers that own every chosen parameter, if all are Linear/Conv weights or biases."""
-    layers = {}
-    for name, module in model.named_modules():
-        own = [f"{name}.{k}" if name else k for k, _ in module.named_parameters(recurse=False)]
-        if any(k in chosen for k in own):
-            if not isinstance(module, HOOK_LAYERS) or not all(k in chosen for k in own):
-                return None
-            layers[name or "model"] = module
-    return layers
-
-
-def per_sample_grad_sq_norms(
-    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Per-sample squared gradient norms ``|g_i|^2`` of every Linear/Conv layer, from hooks.
-
-    For a layer ``z = W a + b`` and a mean loss over N samples, the gradient w.r.t. the
-    output is ``delta_i / N``, so ``g_i = N delta_i a_i^T`` and ``|g_i|^2 = N^2 |delta_i|^2 |a_i|^2``
-    (sums over positions for sequences and convolutions). Cost: one forward and backward
-    pass; no per-sample gradient is stored. ``.grad`` is left untouched.
-
-    Returns:
-        ``{layer name: [N]}`` (weight and bias together), float64, on the inputs' device.
-
-    Raises:
-        ValueError: a trainable parameter outside Linear/Conv layers (use
-        ``per_sample_gradients``), a layer called twice, a batch of fewer than 2.
-    """
-    return _hook_stats(model, loss_fn, inputs, targets)[0]
-
-
-def _hook_stats(model, loss_fn, inputs, targets):
-    n = _check_batch(model, inputs, targets)
-    chosen = _trainable(model)
-    layers = _hookable_layers(model, chosen)
-    if layers is None:
-        others = sorted(_group(k) for k in chosen)
-        raise ValueError(
-            f"the hook fast path handles only Linear/Conv1d/Conv2d layers, the model trains {others}; "
-            "use per_sample_gradients or gradient_noise_scale(method='vmap')"
-        )
-    with _SampleNormHooks(layers) as hooks:
-        loss = loss_fn(model(inputs), targets)
-        mean_grads = torch.autograd.grad(loss, list(chosen.values()))
-    sq = {k: n * n * _layer_sq_norms(m, hooks.inputs[k], hooks.grads[k]).double() for k, m in layers.items()}
-    mean_sq = dict.fromkeys(layers, 0.0)
-    for name, g in zip(chosen, mean_grads):
-        mean_sq[_group(name)] = mean_sq[_group(name)] + g.double().square().sum()
-    return sq, mean_sq, n
 
 
 # --------------------------------------------------------------------------- noise scale
@@ -303,11 +120,11 @@ def gradient_noise_scale(
     """
     if method not in ("auto", "hooks", "vmap"):
         raise ValueError(f"unknown method {method!r}; choose 'auto', 'hooks' or 'vmap'")
-    n = _check_batch(model, inputs, targets)
+    n = check_batch(model, inputs, targets)
     if method == "auto":
-        method = "hooks" if _hookable_layers(model, _trainable(model)) is not None else "vmap"
+        method = "hooks" if hookable_layers(model, trainable_parameters(model)) is not None else "vmap"
     if method == "hooks":
-        sq, mean_sq, _ = _hook_stats(model, loss_fn, inputs, targets)
+        sq, mean_sq, _ = hook_statistics(model, loss_fn, inputs, targets)
         sums = {k: v.sum() for k, v in sq.items()}
     else:
         grads = per_sample_gradients(model, loss_fn, inputs, targets)
@@ -315,7 +132,7 @@ def gradient_noise_scale(
         for name, g in grads.items():  # sum_i |g_i - gbar|^2 directly: no cancellation
             g = g.reshape(n, -1)
             mean = g.mean(0)
-            msq, k = mean.double().square().sum(), _group(name)
+            msq, k = mean.double().square().sum(), module_of(name)
             sums[k] = sums.get(k, 0.0) + (g - mean).square().sum().double() + n * msq
             mean_sq[k] = mean_sq.get(k, 0.0) + msq
     values = torch.stack([torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(mean_sq[k])]) for k in sums])
@@ -375,7 +192,7 @@ def gradient_covariance(
     Returns:
         A ``GradientCovariance`` of float64 CPU tensors.
     """
-    n = _check_batch(model, inputs, targets)
+    n = check_batch(model, inputs, targets)
     grads = per_sample_gradients(model, loss_fn, inputs, targets, params)
     flat = torch.cat([g.reshape(n, -1) for g in grads.values()], 1).double().cpu()  # [N, P]
     if flat.shape[1] > max_dim:
@@ -488,7 +305,7 @@ def all_reduce_gradients(model: nn.Module, batch_size: int, group: object = None
     world = dist.get_world_size(group)
     if world < 2:
         raise ValueError("the data-parallel estimate needs at least 2 workers; use gradient_noise_scale")
-    grads = [p.grad for p in _trainable(model).values() if p.grad is not None]
+    grads = [p.grad for p in trainable_parameters(model).values() if p.grad is not None]
     if not grads:
         raise ValueError("no parameter has a .grad: call loss.backward() before all_reduce_gradients")
     local_sq = torch.stack([g.double().square().sum() for g in grads]).sum()

@@ -7,15 +7,14 @@ from torch import nn
 
 from gradflow_lessons.diagnose import KINDS, LOSS_GROWTH_MAX, UPDATE_RATIO_MAX, Diagnosis, diagnose
 from gradflow_lessons.models import MLP
+from gradflow_lessons.monitor import count_hooks
 from gradflow_lessons.skips import ResidualCNN, ResidualMLP
 
 mse = nn.functional.mse_loss
 cross_entropy = nn.functional.cross_entropy
 
 
-def hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(m._backward_pre_hooks) for m in model.modules())
+hook_count = count_hooks
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

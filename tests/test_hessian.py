@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from gradflow_lessons import hessian
 from gradflow_lessons.models import MLP
+from gradflow_lessons.monitor import count_hooks
 
 
 @pytest.fixture(autouse=True)
@@ -349,4 +350,4 @@ def test_top_eigenvalues_leaves_the_models_gradients_untouched():
         warnings.simplefilter("error")
         hessian.top_eigenvalues(model, loss_fn, x, y)
     assert all(p.grad is None for p in model.parameters())
-    assert not model._forward_hooks and not model._backward_hooks
+    assert count_hooks(model) == 0

@@ -5,18 +5,14 @@ import torch
 from torch import nn
 
 from gradflow_lessons.models import MLP
-from gradflow_lessons.monitor import GradientMonitor, to_matrix
+from gradflow_lessons.monitor import GradientMonitor, count_hooks, to_matrix
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def hook_count(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Every forward/backward hook on every module, plus the optimizer's step hooks."""
-    count = sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        + len(m._backward_pre_hooks)
-        for m in model.modules()
-    )
+    count = count_hooks(model)
     if optimizer is not None:
         count += len(optimizer._optimizer_step_pre_hooks) + len(optimizer._optimizer_step_post_hooks)
     return count

@@ -17,6 +17,7 @@ from torch import nn
 
 from gradflow_lessons import noise
 from gradflow_lessons.models import MLP
+from gradflow_lessons.monitor import count_hooks
 
 N = 6
 
@@ -109,10 +110,10 @@ def test_hook_sq_norms_match_vmap(case, dtype):
 def test_hooks_are_removed_after_the_fast_path_also_on_error():
     model, loss_fn, x, y = mlp_problem()
     noise.per_sample_grad_sq_norms(model, loss_fn, x, y)
-    assert all(not m._forward_hooks for m in model.modules())
+    assert count_hooks(model) == 0
     with pytest.raises(RuntimeError):
         noise.per_sample_grad_sq_norms(model, loss_fn, x[:, :2], y)  # wrong input width
-    assert all(not m._forward_hooks for m in model.modules())
+    assert count_hooks(model) == 0
 
 
 def test_fast_path_refuses_a_layer_called_twice():
@@ -120,7 +121,7 @@ def test_fast_path_refuses_a_layer_called_twice():
     model = nn.Sequential(layer, nn.Tanh(), layer)
     with pytest.raises(ValueError, match="twice"):
         noise.per_sample_grad_sq_norms(model, nn.MSELoss(), torch.randn(N, 3), torch.randn(N, 3))
-    assert not layer._forward_hooks
+    assert count_hooks(layer) == 0
 
 
 def test_fast_path_refuses_unsupported_layers_and_auto_falls_back_to_vmap():
