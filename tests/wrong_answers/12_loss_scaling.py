@@ -59,9 +59,9 @@ WRONG_ANSWERS = [
                  "        else:"),
     ),
     (
-        "update that never clears found_inf, so one overflow skips every later step",
+        "update that does not start a new iteration: later steps think they are unscaled already",
         _patched("solution-scaler",
                  "        self.unscaled = False\n        self.found_inf = False\n",
-                 "        self.unscaled = False\n"),
+                 "        self.found_inf = False\n"),
     ),
 ]
