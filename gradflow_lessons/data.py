@@ -1,4 +1,4 @@
-"""Seeded synthetic data sets with real structure to learn.
+"""Seeded synthetic data sets with real structure to learn, and one small real one.
 
 Each function returns ``(inputs, targets)`` as tensors and is a pure function of its
 ``seed``: the same call gives the same data on every machine.
@@ -8,6 +8,7 @@ Each function returns ``(inputs, targets)`` as tensors and is a pure function of
   the best possible loss is known (the noise variance).
 - ``first_token_task``: a sequence task whose answer sits at the first time step, so a
   recurrent network must carry gradient through every step (vanishing/exploding).
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits, real data with no download.
 """
 
 from __future__ import annotations
@@ -97,3 +98,49 @@ def first_token_task(
     inputs = torch.randn(n, length, input_size, generator=g)
     inputs[:, 0, 0] = targets.float() * 2 - 1
     return inputs, targets
+
+
+def digits(
+    split: str = "train", test_fraction: float = 0.25, image: bool = True, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8x8 handwritten digits bundled with scikit-learn (1,797 images, 10 classes): real
+    data that installs with the package and is never downloaded.
+
+    Pixel values (0..16) are scaled to [0, 1]. The split into train and test is a seeded
+    permutation, stratified by class so both halves hold every digit in proportion.
+
+    Args:
+        split: ``"train"``, ``"test"`` or ``"all"``.
+        test_fraction: share of each class held out for ``"test"``.
+        image: ``[n, 1, 8, 8]`` images (True) or ``[n, 64]`` vectors (False).
+        seed: seed of the split.
+
+    Returns:
+        ``inputs`` float32 and ``targets`` [n] int64 in ``0..9``.
+
+    Raises:
+        ValueError: an unknown split or a test fraction outside (0, 1).
+        ImportError: scikit-learn is not installed (``pip install scikit-learn``).
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"unknown split {split!r}; choose 'train', 'test' or 'all'")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
+        raise ImportError("digits() needs scikit-learn, which bundles the data: "
+                          "pip install scikit-learn") from e
+    bunch = load_digits()
+    inputs = torch.tensor(bunch.data, dtype=torch.float32) / 16.0  # [1797, 64]
+    targets = torch.tensor(bunch.target, dtype=torch.int64)
+    if split != "all":
+        g = _generator(seed)
+        test = torch.zeros(len(targets), dtype=torch.bool)
+        for label in range(10):
+            members = torch.nonzero(targets == label).squeeze(1)
+            members = members[torch.randperm(len(members), generator=g)]
+            test[members[: round(test_fraction * len(members))]] = True
+        keep = test if split == "test" else ~test
+        inputs, targets = inputs[keep], targets[keep]
+    return (inputs.reshape(-1, 1, 8, 8) if image else inputs), targets

@@ -13,6 +13,7 @@ names ``GradientMonitor`` and the figures show.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -197,20 +198,37 @@ class MLP(nn.Module):
         return named + [("output", self.output)]
 
 
-class RNNClassifier(nn.Module):
-    """A vanilla recurrent network read out from its last hidden state.
+CELLS = ("rnn", "lstm", "gru")
 
-    ``h_t = nonlinearity(W_ih x_t + W_hh h_{t-1} + b)``, then ``output(h_T)``.
+
+class RNNClassifier(nn.Module):
+    """A recurrent network read out from its last hidden state: vanilla, LSTM or GRU.
+
+    - ``cell="rnn"``: ``h_t = nonlinearity(W_ih x_t + W_hh h_{t-1} + b)``.
+    - ``cell="lstm"`` (Hochreiter & Schmidhuber, 1997): a cell state updated additively,
+      ``c_t = f_t * c_{t-1} + i_t * g_t``, ``h_t = o_t * tanh(c_t)``; the forget gate
+      ``f_t = sigmoid(W_f [x_t, h_{t-1}] + b_f)`` decides how much of ``c_{t-1}`` (and of the
+      gradient flowing back through it) survives a step: the recurrent analogue of a skip.
+    - ``cell="gru"`` (Cho et al., 2014): ``h_t = (1 - z_t) * n_t + z_t * h_{t-1}``; the update
+      gate ``z_t`` plays the forget gate's part.
+
+    Then ``output(h_T)``.
 
     Args:
         input_size: features per time step.
         hidden_size: size of ``h_t``.
         out_features: output size.
-        nonlinearity: ``"tanh"`` or ``"relu"`` (``nn.RNN``'s choices).
-        recurrent_gain: if given, ``W_hh`` becomes an orthogonal matrix times this gain, so
-            its spectral radius is exactly ``recurrent_gain`` (above 1: gradients explode).
+        nonlinearity: ``"tanh"`` or ``"relu"`` (vanilla RNN only, ``nn.RNN``'s choices).
+        recurrent_gain: vanilla RNN only: ``W_hh`` becomes an orthogonal matrix times this
+            gain, so its spectral radius is exactly ``recurrent_gain`` (above 1: gradients explode).
+        cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
+        forget_bias: LSTM/GRU only: the total bias of the forget gate (LSTM) or update gate
+            (GRU), ``sigmoid(forget_bias)`` being the fraction kept per step at init. 1.0 is
+            the usual "remember by default" choice (Gers et al., 2000; Jozefowicz et al., 2015);
+            a large negative value closes the gate. None keeps PyTorch's init (about 0).
 
-    Shapes: ``[N, T, input_size] -> [N, out_features]``.
+    Shapes: ``[N, T, input_size] -> [N, out_features]``. Parameter names are PyTorch's
+    (``rnn.weight_ih_l0``, ...); ``gate_slices()`` says which rows belong to which gate.
     """
 
     def __init__(
@@ -220,13 +238,39 @@ class RNNClassifier(nn.Module):
         out_features: int,
         nonlinearity: str = "tanh",
         recurrent_gain: float | None = None,
+        cell: str = "rnn",
+        forget_bias: float | None = None,
     ) -> None:
         super().__init__()
-        self.rnn = nn.RNN(input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True)
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {list(CELLS)}")
+        if cell == "rnn" and forget_bias is not None:
+            raise ValueError("forget_bias needs a gated cell: pass cell='lstm' or cell='gru'")
+        if cell != "rnn" and recurrent_gain is not None:
+            raise ValueError("recurrent_gain sets a vanilla RNN's W_hh: pass cell='rnn', or "
+                             "forget_bias to control what a gated cell keeps")
+        if cell == "rnn":
+            self.rnn = nn.RNN(input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True)
+        else:
+            self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(input_size, hidden_size, batch_first=True)
+        self.cell = cell
         self.output = nn.Linear(hidden_size, out_features)
         if recurrent_gain is not None:
             with torch.no_grad():
                 nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=recurrent_gain)
+        if forget_bias is not None:
+            rows = self.gate_slices()["forget" if cell == "lstm" else "update"]
+            with torch.no_grad():
+                self.rnn.bias_ih_l0[rows] = forget_bias
+                self.rnn.bias_hh_l0[rows] = 0.0
+
+    def gate_slices(self) -> dict[str, slice]:
+        """Rows of ``rnn.weight_ih_l0``/``weight_hh_l0``/biases per gate, in PyTorch's order:
+        LSTM ``input, forget, cell, output``; GRU ``reset, update, new``; RNN ``hidden``."""
+        names = {"rnn": ("hidden",), "lstm": ("input", "forget", "cell", "output"),
+                 "gru": ("reset", "update", "new")}[self.cell]
+        size = self.rnn.hidden_size
+        return {name: slice(i * size, (i + 1) * size) for i, name in enumerate(names)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
@@ -235,3 +279,108 @@ class RNNClassifier(nn.Module):
             )
         states, _ = self.rnn(x)  # [N, T, H]
         return self.output(states[:, -1])
+
+
+class TransformerClassifier(nn.Module):
+    """A small Transformer encoder read out from the mean over time steps.
+
+    ``h_0 = embed(x_t) + p_t`` (a learned position vector per step), then ``depth``
+    ``nn.TransformerEncoderLayer``s (``layers.0`` ... ), each
+    ``h + attention(h)`` and ``h + feed_forward(h)`` with a LayerNorm either after each sum
+    (``norm_first=False``, post-norm, the original Transformer) or at the start of each
+    branch (``norm_first=True``, pre-norm, GPT-2 and most models since; then a final
+    LayerNorm ``norm`` before the head, as there). Xiong et al. (2020), "On layer
+    normalization in the Transformer architecture", show that post-norm's gradients at init
+    are largest near the output, which is why it needs learning-rate warm-up.
+
+    Args:
+        input_size: features per time step.
+        out_features: classes.
+        d_model, nhead, dim_feedforward: sizes (``d_model`` divisible by ``nhead``).
+        depth: encoder layers.
+        norm_first: pre-norm (True) or post-norm (False).
+        max_len: longest sequence (positions learned).
+        dropout: dropout inside each layer (0 keeps lessons deterministic).
+
+    Shapes: ``[N, T, input_size] -> [N, out_features]``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        out_features: int,
+        d_model: int = 32,
+        nhead: int = 4,
+        depth: int = 6,
+        dim_feedforward: int = 64,
+        norm_first: bool = False,
+        max_len: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or d_model % nhead:
+            raise ValueError(f"need depth >= 1 and d_model divisible by nhead, got depth={depth}, "
+                             f"d_model={d_model}, nhead={nhead}")
+        self.embed = nn.Linear(input_size, d_model)
+        self.position = nn.Parameter(0.02 * torch.randn(max_len, d_model))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=dropout,
+                                       batch_first=True, norm_first=norm_first)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.output = nn.Linear(d_model, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] > self.position.shape[0]:
+            raise ValueError(f"TransformerClassifier expects [N, T <= {self.position.shape[0]}, "
+                             f"input_size], got {list(x.shape)}")
+        h = self.embed(x) + self.position[: x.shape[1]]  # [N, T, d_model]
+        for layer in self.layers:
+            h = layer(h)
+        return self.output(self.norm(h).mean(dim=1))
+
+
+class CNN(nn.Module):
+    """A small convolutional classifier: ``blocks.{i}`` = 3x3 conv, norm, activation, and a
+    2x2 max-pool after every block but the last; then global average pooling and ``output``.
+
+    Args:
+        in_channels: image channels.
+        out_features: classes.
+        widths: channels of each block.
+        activation: a name in ``ACTIVATIONS``.
+        norm: None, ``"batch"`` or ``"layer"`` (``make_norm`` with ``conv=True``).
+        init: a name in ``INITS`` for every conv and the output layer.
+
+    Shapes: ``[N, in_channels, H, W] -> [N, out_features]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_features: int,
+        widths: tuple[int, ...] = (16, 32),
+        activation: str = "relu",
+        norm: str | None = None,
+        init: str = "default",
+    ) -> None:
+        super().__init__()
+        sizes = (in_channels, *widths)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(OrderedDict(
+                conv=init_layer_(nn.Conv2d(sizes[i], sizes[i + 1], 3, padding=1), init),
+                norm=make_norm(norm, sizes[i + 1], conv=True),
+                act=make_activation(activation),
+                pool=nn.MaxPool2d(2) if i < len(widths) - 1 else nn.Identity(),
+            ))
+            for i in range(len(widths))
+        )
+        self.output = init_layer_(nn.Linear(sizes[-1], out_features), init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"CNN expects images [N, C, H, W], got {list(x.shape)}")
+        for block in self.blocks:
+            x = block(x)
+        return self.output(x.mean(dim=(2, 3)))

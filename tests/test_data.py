@@ -54,3 +54,39 @@ def test_environment_report_names_the_device():
     report = environment_report()
     assert report.device.startswith(default_device().type)
     assert dict(report.rows())["PyTorch"] == torch.__version__
+
+
+def test_digits_are_real_8x8_images_split_by_class():
+    from gradflow_lessons.data import digits
+
+    train_x, train_y = digits("train")
+    test_x, test_y = digits("test")
+    assert train_x.shape[1:] == (1, 8, 8) and len(train_x) + len(test_x) == 1797
+    assert 0.0 <= train_x.min() and train_x.max() <= 1.0
+    assert torch.equal(test_y.bincount(minlength=10) > 40, torch.ones(10, dtype=torch.bool))
+    assert digits("all", image=False)[0].shape == (1797, 64)
+
+
+def test_digits_split_is_a_pure_function_of_the_seed():
+    from gradflow_lessons.data import digits
+
+    assert torch.equal(digits("test", seed=1)[1], digits("test", seed=1)[1])
+    assert not torch.equal(digits("test", seed=1)[0], digits("test", seed=2)[0])
+
+
+def test_digits_train_and_test_do_not_overlap():
+    from gradflow_lessons.data import digits
+
+    train = {tuple(row.tolist()) for row in digits("train", image=False)[0]}
+    test = [tuple(row.tolist()) for row in digits("test", image=False)[0]]
+    all_rows = [tuple(r.tolist()) for r in digits("all", image=False)[0]]
+    duplicates = len(all_rows) - len(set(all_rows))  # a few images occur twice in the data set
+    assert sum(row in train for row in test) <= duplicates
+
+
+@pytest.mark.parametrize("bad", [dict(split="valid"), dict(test_fraction=1.0)])
+def test_digits_reject_bad_arguments(bad):
+    from gradflow_lessons.data import digits
+
+    with pytest.raises(ValueError):
+        digits(**bad)

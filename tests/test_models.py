@@ -153,3 +153,79 @@ def test_init_counts_a_convolution_fan_in_over_the_kernel():
     conv = init_linear_(torch.nn.Conv2d(40, 64, 3), "xavier")
     fan_in, fan_out = 40 * 9, 64 * 9
     assert conv.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.03)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_recurrent_classifier_builds_each_cell(cell):
+    model = RNNClassifier(3, 8, 2, cell=cell)
+    assert type(model.rnn).__name__ == cell.upper() and model(torch.randn(4, 6, 3)).shape == (4, 2)
+
+
+def test_default_recurrent_classifier_is_the_vanilla_rnn_it_always_was():
+    torch.manual_seed(0)
+    model = RNNClassifier(3, 8, 2, recurrent_gain=1.2)
+    torch.manual_seed(0)
+    rnn, output = torch.nn.RNN(3, 8, batch_first=True), torch.nn.Linear(8, 2)
+    torch.nn.init.orthogonal_(rnn.weight_hh_l0, gain=1.2)
+    assert torch.equal(model.rnn.weight_hh_l0, rnn.weight_hh_l0)
+    assert torch.equal(model.output.weight, output.weight)
+
+
+@pytest.mark.parametrize("cell, gate", [("lstm", "forget"), ("gru", "update")])
+def test_forget_bias_sets_the_keeping_gate_and_nothing_else(cell, gate):
+    torch.manual_seed(0)
+    model = RNNClassifier(3, 5, 2, cell=cell, forget_bias=1.0)
+    rows = model.gate_slices()[gate]
+    total = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
+    assert torch.all(total[rows] == 1.0)
+    others = torch.ones_like(total, dtype=torch.bool)
+    others[rows] = False
+    assert torch.all(total[others].abs() < 1.0)  # PyTorch's init elsewhere, |b| <= 2/sqrt(5)
+
+
+def test_a_closed_lstm_forget_gate_keeps_almost_nothing_of_the_cell_state():
+    model = RNNClassifier(1, 4, 2, cell="lstm", forget_bias=-8.0)
+    f = torch.sigmoid(model.rnn.bias_ih_l0[model.gate_slices()["forget"]] + 0.0)
+    assert torch.all(f < 1e-3)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(cell="lstmm"), "choose one of"), (dict(forget_bias=1.0), "gated cell"),
+    (dict(cell="gru", recurrent_gain=1.1), "vanilla RNN"),
+])
+def test_recurrent_classifier_rejects_inconsistent_arguments(bad, match):
+    with pytest.raises(ValueError, match=match):
+        RNNClassifier(3, 8, 2, **bad)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_classifier_stacks_encoder_layers(norm_first):
+    from gradflow_lessons.models import TransformerClassifier
+
+    model = TransformerClassifier(5, 3, d_model=16, nhead=2, depth=3, norm_first=norm_first, max_len=10)
+    assert model(torch.randn(4, 7, 5)).shape == (4, 3)
+    assert all(layer.norm_first is norm_first for layer in model.layers)
+    assert isinstance(model.norm, torch.nn.LayerNorm) is norm_first  # pre-norm ends with a LayerNorm
+    names = [n for n, _ in model.named_modules()]
+    assert "layers.2.self_attn" in names and "layers.0.linear1" in names
+
+
+def test_transformer_classifier_names_the_shape_it_needs():
+    from gradflow_lessons.models import TransformerClassifier
+
+    with pytest.raises(ValueError, match=r"T <= 4"):
+        TransformerClassifier(5, 3, d_model=8, nhead=2, depth=1, max_len=4)(torch.randn(2, 6, 5))
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerClassifier(5, 3, d_model=10, nhead=4)
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
+def test_cnn_classifies_images_with_readable_layer_names(norm):
+    from gradflow_lessons.models import CNN
+
+    model = CNN(1, 10, widths=(4, 8), norm=norm)
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    names = dict(model.named_parameters()).keys()
+    assert {"blocks.0.conv.weight", "blocks.1.conv.weight", "output.weight"} <= names
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        model(torch.randn(3, 64))
