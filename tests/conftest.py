@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,3 +75,33 @@ def graded_cells(nb):
 def error_of(cell):
     """The error output of an executed cell, or None."""
     return next((o for o in cell.get("outputs", []) if o.output_type == "error"), None)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--no-first-run", "--disable-component-update"]
+
+
+def find_chromium() -> str:
+    """Debian's chromium (never a downloaded browser), or GRADFLOW_CHROMIUM; skips the test
+    where there is none, and fails it in CI."""
+    path = os.environ.get("GRADFLOW_CHROMIUM") or shutil.which("chromium")
+    if path:
+        return path
+    message = ("no Chromium found: install Debian's `chromium` package (the README test command "
+               "does) or set GRADFLOW_CHROMIUM to a Chromium binary")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Playwright, closed after the module's tests."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra")
+    executable = find_chromium()
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

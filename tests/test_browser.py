@@ -3,13 +3,13 @@ slider moves, and the figure and readout must change.
 
 "Error displaying widget" is the commonest way a Jupyter course breaks for a learner, and
 only a browser sees it. Uses Debian's chromium (never a downloaded browser) through
-Playwright's ``executable_path``; the README test command installs it when missing.
+Playwright's ``executable_path`` (the ``browser`` fixture in conftest.py); the README test
+command installs it when missing.
 Failures save a screenshot under ``tests/artifacts/``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -23,8 +23,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TOKEN = "gradflow-browser-test"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--no-first-run", "--disable-component-update"]
 ERROR_OUTPUT = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -37,17 +35,6 @@ def widget_notebooks() -> list[Path]:
             if "gradflow_lessons.widgets" in path.read_text(encoding="utf-8"):
                 found.append(path)
     return found
-
-
-def find_chromium() -> str:
-    path = os.environ.get("GRADFLOW_CHROMIUM") or shutil.which("chromium")
-    if path:
-        return path
-    message = ("no Chromium found: install Debian's `chromium` package (the README test command "
-               "does) or set GRADFLOW_CHROMIUM to a Chromium binary")
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def free_port() -> int:
@@ -93,18 +80,6 @@ def jupyterlab(tmp_path_factory):
             server.kill()
             server.wait()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra")
-    executable = find_chromium()
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def open_and_run_all(page, url: str) -> None:
