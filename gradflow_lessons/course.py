@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from gradflow_lessons.tooling.setup import INDEX, ROOT, ensure_browser, run, say, setup
+from gradflow_lessons.tooling.setup import INDEX, ROOT, ensure_browser, ensure_sandbox, run, say, setup
 
 
 def start(extra: list[str]) -> int:
@@ -29,6 +29,7 @@ def start(extra: list[str]) -> int:
 def test(extra: list[str]) -> int:
     python = setup()
     ensure_browser()
+    ensure_sandbox()
     say("running the test suite: library tests, then every notebook under nbval ...")
     return run([python, "-m", "pytest", *extra])
 

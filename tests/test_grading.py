@@ -425,7 +425,8 @@ def test_the_class_csv_json_and_feedback_files_have_one_entry_per_submission(gra
     out = graded_class["out"]
     with out.open(encoding="utf-8") as f:
         header = next(csv.reader(f))
-    assert header == ["submission", "exercise", "score", "max_score", "status", "feedback"]
+    assert header == ["student_id", "name", "submission", "exercise", "score", "max_score", "status",
+                      "sandbox", "check-tanh-jacobian", "check-backprop", "check-gradient-norms", "feedback"]
     report = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert len(report["submissions"]) == len(graded_class["rows"]) == len(EXPECTED)
     feedback = sorted((out.parent / "grades_feedback").glob("*.md"))

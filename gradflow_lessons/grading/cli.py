@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
+import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gradflow_lessons.checks import PASS, CheckFailed  # noqa: F401  (re-exported)
 
-CSV_COLUMNS = ("submission", "exercise", "score", "max_score", "status", "feedback")
+# The class CSV: these, with one column per check (points earned) before "feedback".
+CSV_COLUMNS = ("student_id", "name", "submission", "exercise", "score", "max_score", "status",
+               "sandbox", "feedback")
 COURSE_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -82,7 +86,8 @@ def feedback_text(result) -> str:
     lines = [f"# {result.exercise or 'unknown exercise'}: {_points(result.score)} / "
              f"{_points(result.max_score)} points", "",
              f"Submission: {result.submission}",
-             f"Status: {result.status} ({STATUSES[result.status]})", ""]
+             f"Status: {result.status} ({STATUSES[result.status]})",
+             f"Sandbox: {result.sandbox or 'none'}", ""]
     for check in result.checks:
         mark = PASS if check.passed else "\u2717"
         lines.append(f"- {mark} {check.id}: {_points(check.earned)}/{_points(check.points)}"
@@ -103,48 +108,171 @@ def _feedback_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def grade(paths: list[Path], exercises: dict, exercise=None, out: Path = Path("grades.csv"),
-          report: Path | None = None, feedback_dir: Path | None = None, timeout: float = 60,
-          memory_mb: int = 4096, run_as: str = "", progress=print) -> list:
-    """Grade every notebook in ``paths``; one CSV row each, whatever the notebook does.
+@dataclass
+class Submission:
+    """One row to grade: where it came from, who handed it in, and (once read) its cells."""
 
-    The CSV is written row by row (an interrupted run keeps the rows it finished); the
-    JSON report and the feedback files are written as well. Returns the results."""
+    label: str
+    path: Path | None
+    student_id: str = ""
+    name: str = ""
+    cells: object = None  # list[StudentCell], or the SubmissionError reading it raised
+
+
+def collect(paths: list[Path], roster: list | None = None, roster_base: Path | None = None,
+            exercise=None) -> list[Submission]:
+    """The submissions to grade, in a fixed order: the roster's order, else the paths'.
+
+    With a roster, each student's ``file`` (relative to ``roster_base``) is a notebook or a
+    folder; a folder holding several notebooks gives the one named after ``exercise`` if
+    there is one, else each of them; none at all gives a ``missing`` row (``path`` None)."""
+    if roster is None:
+        return [Submission(str(p), p) for p in find_notebooks(paths)]
+    submissions = []
+    for student in roster:
+        where = (roster_base or Path.cwd()) / student.file if student.file else None
+        found = find_notebooks([where]) if where is not None and where.exists() else []
+        if len(found) > 1 and exercise is not None:
+            found = [p for p in found if exercise.name in str(p)] or found
+        if not found:
+            label = str(where or student.student_id)
+            submissions.append(Submission(label, None, student.student_id, student.name))
+        submissions += [Submission(str(p), p, student.student_id, student.name) for p in found]
+    return submissions
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` all at once: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=path.parent,
+                                     prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def class_csv(results: list, check_ids: list[str]) -> str:
+    """The class CSV: one row per submission, one column per check (its points earned)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS[:-1], *check_ids, CSV_COLUMNS[-1]])
+    for r in results:
+        earned = {c.id: _points(c.earned) for c in r.checks}
+        writer.writerow([r.student_id, r.name, r.submission, r.exercise, _points(r.score),
+                         _points(r.max_score), r.status, r.sandbox,
+                         *(earned.get(i, "") for i in check_ids), r.summary()])
+    return buffer.getvalue()
+
+
+def _grade_one(job: tuple):
+    """Grade one submission (in this process or a worker); always returns a Result."""
     from gradflow_lessons.grading.session import Result, grade_submission
 
-    notebooks = find_notebooks(paths)
+    submission, target, timeout, memory_mb, run_as, sandbox, hidden = job
+    start = time.perf_counter()
+    if submission.path is None:
+        result = Result(submission.label, target.name if target else "", 0.0,
+                        target.max_score if target else 0.0, "missing",
+                        notes=[f"no submission found for {submission.student_id} at {submission.label}"])
+    elif target is None:
+        result = Result(submission.label, "", 0.0, 0.0, "unknown-exercise",
+                        notes=["could not tell which exercise this is; pass --exercise NAME"])
+    else:
+        try:
+            result = grade_submission(submission.path, target, timeout, memory_mb, submission.label,
+                                      run_as, sandbox, hidden, cells=submission.cells)
+        except Exception as e:  # noqa: BLE001 - a grader bug must not stop the class
+            result = Result(submission.label, target.name, 0.0, target.max_score, "grader-error",
+                            notes=[f"the grader failed: {type(e).__name__}: {e}"])
+    result.student_id, result.name, result.sandbox = submission.student_id, submission.name, sandbox
+    result.seconds = result.seconds or time.perf_counter() - start
+    return result
+
+
+def grade(paths: list[Path], exercises: dict, exercise=None, out: Path = Path("grades.csv"),
+          report: Path | None = None, feedback_dir: Path | None = None, timeout: float = 60,
+          memory_mb: int = 4096, run_as: str = "", progress=print, sandbox: str = "bwrap",
+          jobs: int = 1, roster: list | None = None, roster_base: Path | None = None,
+          output_format: str = "csv", canvas: Path | None = None, canvas_assignment: str | None = None,
+          private: tuple[Path, ...] = ()) -> list:
+    """Grade every notebook in ``paths`` (or of the ``roster``); one row each, whatever it does.
+
+    Every submission is read into memory before any student code runs, and every output is
+    written by this process from memory, atomically (the CSV again after each row, so an
+    interrupted run keeps the rows it finished). ``jobs`` submissions are graded at once, in
+    worker processes; rows, progress lines and files come out in the same order whatever
+    ``jobs`` is. ``sandbox`` is ``"bwrap"`` or ``"none"``; ``private`` paths (the solutions)
+    are kept out of the kernels' sight with the submissions and the outputs.
+
+    Returns the results, in order.
+
+    Raises:
+        SandboxUnavailable: ``sandbox="bwrap"`` where bubblewrap cannot start.
+    """
+    from gradflow_lessons.grading import sandbox as sandboxes
+    from gradflow_lessons.grading.exercise import SubmissionError, read_submission
+
+    sandboxes.require(sandbox)
+    submissions = collect(paths, roster, roster_base, exercise)
+    targets = [exercise or (infer_exercise(s.path, exercises) if s.path else None) for s in submissions]
+    for s in submissions:  # all of them, before any student code runs
+        if s.path is not None:
+            try:
+                s.cells = read_submission(s.path)
+            except SubmissionError as e:
+                s.cells = e
     report = report or out.with_suffix(".json")
     feedback_dir = feedback_dir or out.parent / f"{out.stem}_feedback"
-    feedback_dir.mkdir(parents=True, exist_ok=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    hidden = tuple(dict.fromkeys([*paths, *(s.path for s in submissions if s.path), out, report,
+                                  feedback_dir, *([canvas] if canvas else []), *private]))
+    check_ids = list(dict.fromkeys(c.id for t in targets if t for c in t.checks))
+    jobs_list = [(s, t, timeout, memory_mb, run_as, sandbox, hidden) for s, t in zip(submissions, targets)]
     results, used = [], set()
-    with out.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for number, path in enumerate(notebooks, start=1):
-            label = str(path)
-            start = time.perf_counter()
-            target = exercise or infer_exercise(path, exercises)
-            if target is None:
-                result = Result(label, "", 0.0, 0.0, "unknown-exercise",
-                                notes=["could not tell which exercise this is; pass --exercise NAME"])
-            else:
-                try:
-                    result = grade_submission(path, target, timeout, memory_mb, label, run_as)
-                except Exception as e:  # noqa: BLE001 - a grader bug must not stop the class
-                    result = Result(label, target.name, 0.0, target.max_score, "grader-error",
-                                    notes=[f"the grader failed: {type(e).__name__}: {e}"])
-            results.append(result)
-            writer.writerow([label, result.exercise, _points(result.score), _points(result.max_score),
-                             result.status, result.summary()])
-            f.flush()
-            (feedback_dir / _feedback_name(path, used)).write_text(feedback_text(result), encoding="utf-8")
-            progress(f"[{number}/{len(notebooks)}] {label}: {_points(result.score)}/"
-                     f"{_points(result.max_score)} {result.status} ({time.perf_counter() - start:.1f} s)")
-    summary = {"timeout_s": timeout, "memory_mb": memory_mb, "run_as": run_as, "csv": str(out),
-               "feedback_dir": str(feedback_dir), "submissions": [asdict(r) for r in results]}
-    report.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    feedback = {}
+    for number, result in enumerate(_run_all(jobs_list, jobs), start=1):
+        results.append(result)
+        path = submissions[number - 1].path or Path(submissions[number - 1].label)
+        feedback[_feedback_name(path, used)] = feedback_text(result)
+        if output_format == "csv":
+            _write_atomically(out, class_csv(results, check_ids))
+        progress(f"[{number}/{len(submissions)}] {result.submission}: {_points(result.score)}/"
+                 f"{_points(result.max_score)} {result.status} ({result.seconds:.1f} s)")
+    if output_format == "gradescope":
+        from gradflow_lessons.grading.lms import gradescope_results
+
+        unread = ("missing", "invalid", "empty")
+        graded = next((i for i, r in enumerate(results) if r.status not in unread), 0)
+        chosen = results[graded] if results else None
+        payload = gradescope_results(chosen, targets[graded]) if chosen else {
+            "score": 0, "output": "No notebook (.ipynb) was found in the submission.", "tests": []}
+        _write_atomically(out, json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+        return results
+    for name, text in feedback.items():
+        _write_atomically(feedback_dir / name, text)
+    if canvas is not None:
+        from gradflow_lessons.grading.lms import canvas_csv
+
+        _write_atomically(canvas, canvas_csv(results, roster or [], canvas_assignment))
+    summary = {"timeout_s": timeout, "memory_mb": memory_mb, "run_as": run_as, "sandbox": sandbox,
+               "jobs": jobs, "csv": str(out), "feedback_dir": str(feedback_dir),
+               "submissions": [asdict(r) for r in results]}
+    _write_atomically(report, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return results
+
+
+def _run_all(jobs_list: list[tuple], jobs: int):
+    """Results of ``_grade_one`` over ``jobs_list``, in order; ``jobs`` worker processes.
+
+    Workers are spawned (not forked: this process holds torch's threads), each grades one
+    submission at a time, and the check cells run in the worker, never in a thread."""
+    if jobs <= 1 or len(jobs_list) <= 1:
+        yield from map(_grade_one, jobs_list)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(jobs_list)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(_grade_one, jobs_list)
 
 
 def self_check(notebook: Path, exercises_dir: Path | None = None, timeout: float = 60,
@@ -197,8 +325,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solutions", type=Path, help="folder of solution notebooks with the "
                         "hidden checks (default: ./solutions, else the course's)")
     parser.add_argument("--run-as", default="", metavar="USER",
-                        help="when grading as root (e.g. in a container): run student kernels as "
-                        "this user, who must not be able to read --solutions")
+                        help="with --sandbox none, when grading as root (e.g. in a container): run "
+                        "student kernels as this user, who must not be able to read --solutions")
+    parser.add_argument("--sandbox", choices=("bwrap", "none"), default="bwrap",
+                        help="bwrap (default): each kernel sealed in bubblewrap (its scratch folder "
+                        "only, no network, nothing outlives it); none: no sandbox (opt-out)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="grade N submissions at once (default: the number of cores); the "
+                        "output is the same whatever N is")
+    parser.add_argument("--roster", type=Path, help="CSV of student_id,name,file (a notebook or a "
+                        "folder, relative to the one SUBMISSIONS folder or else to the roster); "
+                        "students without a submission get a 'missing' row")
+    parser.add_argument("--canvas", type=Path, metavar="CSV", help="with --roster: also write a "
+                        "CSV for Canvas's gradebook import")
+    parser.add_argument("--canvas-assignment", metavar="NAME", help="the Canvas assignment's column "
+                        "name, e.g. 'Exercise 01 (12345)' (default: the exercise name)")
+    parser.add_argument("--format", choices=("csv", "gradescope"), default="csv",
+                        help="csv (default): class CSV, JSON and feedback files; gradescope: "
+                        "Gradescope's results.json for one submission at --out")
+    parser.add_argument("--gradescope-autograder", type=Path, metavar="ZIP",
+                        help="with --exercise: write Gradescope's autograder zip for it and stop")
     parser.add_argument("--self-check", type=Path, metavar="NOTEBOOK",
                         help="check your own notebook with the public checks, check by check")
     parser.add_argument("--exercises", type=Path, help="with --self-check: folder of the "
@@ -227,7 +373,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"{args.self_check}: no such notebook")
         result = self_check(args.self_check, args.exercises, args.timeout, args.memory_mb)
         return 0 if result.checks and all(c.passed for c in result.checks) else 1
-    if not args.submissions:
+    if args.run_as and args.sandbox != "none":
+        parser.error("--run-as works with --sandbox none only (the sandbox already keeps the "
+                     "kernels away from your files)")
+    if not args.submissions and args.roster is None and args.gradescope_autograder is None:
         parser.error("name the notebooks (or folders) to grade, or use --self-check NOTEBOOK")
     folder = args.solutions or next(
         (p for p in (Path("solutions"), COURSE_ROOT / "solutions") if p.is_dir()), None)
@@ -240,12 +389,41 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(e))
     if not exercises:
         parser.error(f"{folder} holds no exercise notebook")
+    if args.gradescope_autograder is not None:
+        from gradflow_lessons.grading.lms import build_autograder
+
+        if exercise is None:
+            parser.error("--gradescope-autograder needs --exercise NAME")
+        build_autograder(exercise, COURSE_ROOT, args.gradescope_autograder, args.timeout)
+        print(f"Gradescope autograder for {exercise.name} written to {args.gradescope_autograder}")
+        return 0
     missing = [p for p in args.submissions if not p.exists()]
     if missing:
         parser.error(f"no such file or folder: {', '.join(map(str, missing))}")
-    results = grade(args.submissions, exercises, exercise, args.out, args.report, args.feedback_dir,
-                    args.timeout, args.memory_mb, args.run_as,
-                    progress=lambda line: print(line, flush=True))
+    roster = roster_base = None
+    if args.roster is not None:
+        from gradflow_lessons.grading.lms import read_roster
+
+        try:
+            roster = read_roster(args.roster)
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+        folders = [p for p in args.submissions if p.is_dir()]
+        roster_base = folders[0] if len(folders) == 1 and len(args.submissions) == 1 else args.roster.parent
+    elif args.canvas is not None:
+        parser.error("--canvas needs --roster (Canvas matches grades to students by their ids)")
+    from gradflow_lessons.grading.sandbox import SandboxUnavailable
+
+    try:
+        results = grade(args.submissions, exercises, exercise, args.out, args.report, args.feedback_dir,
+                        args.timeout, args.memory_mb, args.run_as,
+                        progress=lambda line: print(line, flush=True), sandbox=args.sandbox,
+                        jobs=max(1, args.jobs), roster=roster, roster_base=roster_base,
+                        output_format=args.format, canvas=args.canvas,
+                        canvas_assignment=args.canvas_assignment, private=(folder,))
+    except SandboxUnavailable as e:
+        print(f"gradflow-grade: {e}", file=sys.stderr)
+        return 2
     print(f"{len(results)} submission(s) graded into {args.out}")
     return 0
 

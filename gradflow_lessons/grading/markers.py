@@ -21,6 +21,9 @@ CODE_STUB = (
     'then run the check cell below.")'
 )
 MARKDOWN_STUB = "_Write your answer here._"
+# Notebook metadata a student notebook does not get: the builder's source hash, and the
+# widget state saved by the solution's run (nbgrader_config.py drops the same).
+DROPPED_METADATA = ("gradflow", "widgets")
 
 
 class MarkerError(ValueError):
@@ -86,8 +89,8 @@ def generate_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.No
     no outputs. Cell ids and metadata (grading tags, points) are kept, so a grader can
     find every check cell again by its id."""
     exercise = copy.deepcopy(solution)
-    exercise.metadata.pop("gradflow", None)  # the builder's source hash
-    exercise.metadata.pop("widgets", None)
+    for key in DROPPED_METADATA:
+        exercise.metadata.pop(key, None)
     for index, cell in enumerate(exercise.cells):
         where = f"{name}, cell {index} (id {cell.get('id', '?')})"
         if cell.cell_type in ("code", "markdown"):

@@ -45,6 +45,7 @@ STATUSES = {
     "timeout": "a cell or a graded call ran past --timeout and was interrupted",
     "memory": "the code ran out of the memory allowed",
     "exit": "the code raised SystemExit; the remaining cells still ran",
+    "missing": "the roster lists this student but no submission was found",
     "not-attempted": "every check failed on an unchanged stub (NotImplementedError)",
     "errors": "a cell raised an error; grading went on",
     "ok": "everything ran",
@@ -169,6 +170,9 @@ class Result:
     checks: list[CheckResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    sandbox: str = ""
+    student_id: str = ""
+    name: str = ""
 
     def summary(self) -> str:
         """One line for the CSV's feedback column."""
@@ -194,13 +198,25 @@ def _student_status(result: Result, events: set[str], cell_errors: list[str]) ->
 
 
 def grade_submission(path: Path, exercise: Exercise, timeout: float = 60, memory_mb: int = 4096,
-                     label: str | None = None, run_as: str = "") -> Result:
+                     label: str | None = None, run_as: str = "", sandbox: str = "none",
+                     hidden: tuple[Path, ...] = (), cells: list[StudentCell] | SubmissionError | None = None,
+                     ) -> Result:
     """Grade ``path`` against ``exercise``; always returns a Result (never raises for
-    anything the submission does)."""
+    anything the submission does).
+
+    Args:
+        cells: the submission as read into memory beforehand (:func:`read_submission`'s
+            cells, or the error it raised); None to read ``path`` now.
+        sandbox: ``"bwrap"`` or ``"none"`` (:mod:`gradflow_lessons.grading.sandbox`).
+        hidden: paths the kernel must not see (other submissions, outputs, solutions).
+    """
     start = time.perf_counter()
-    result = Result(label or str(path), exercise.name, 0.0, exercise.max_score, "ok")
+    result = Result(label or str(path), exercise.name, 0.0, exercise.max_score, "ok", sandbox=sandbox)
     try:
-        cells = read_submission(path)
+        if cells is None:
+            cells = read_submission(path)
+        if isinstance(cells, SubmissionError):
+            raise cells
     except SubmissionError as e:
         result.status, result.notes = e.status, [str(e)]
         return result
@@ -217,7 +233,7 @@ def grade_submission(path: Path, exercise: Exercise, timeout: float = 60, memory
         elif any(c.source.strip() not in sources for c in mine):
             result.notes.append(f"your edits to check cell {check_id} were ignored; "
                                 "the grader ran the original")
-    kernel = StudentKernel(timeout, memory_mb, run_as)
+    kernel = StudentKernel(timeout, memory_mb, run_as, sandbox, hidden)
     try:
         try:
             kernel.start()
