@@ -135,23 +135,27 @@ def train_over_seeds(
     *,
     steps: int,
     lr: float,
-    batch_size: int,
+    batch_size: int | None,
+    optimizer: str = "sgd",
     loss_fn: LossFn = F.cross_entropy,
     clipping: Clipping | None = None,
     eval_every: int = 0,
     method: str = "auto",
 ) -> SeedRuns:
-    """Train ``make_model(seed)`` with mini-batch SGD for every seed; one batched computation.
+    """Train ``make_model(seed)`` with SGD or Adam for every seed; one batched computation.
 
-    Each step, for every seed ``s``: draw ``batch_size`` indices with seed ``s``'s generator,
-    ``g = grad loss_fn(model(inputs[idx]), targets[idx])``, record ``||g||``, clip, and
-    ``w <- w - lr * g``.
+    Each step, for every seed ``s``: draw ``batch_size`` indices with seed ``s``'s generator
+    (or take the whole data set), ``g = grad loss_fn(model(inputs[idx]), targets[idx])``,
+    record ``||g||``, clip, and update: SGD ``w <- w - lr * g``, or Adam (Kingma & Ba, 2015,
+    betas 0.9 and 0.999, eps 1e-8, as ``torch.optim.Adam``).
 
     Args:
         make_model: builds the model for a seed (same architecture for every seed).
         inputs: the data set ``[n, ...]``; targets ``[n, ...]``.
         seeds: the seeds, at least one.
-        steps, lr, batch_size: the SGD run.
+        steps, lr: the run.
+        batch_size: mini-batch size, or None for full-batch training.
+        optimizer: ``"sgd"`` or ``"adam"``.
         loss_fn: ``loss_fn(outputs, targets) -> scalar``.
         clipping: ``norm_clipping(...)``, ``agc_clipping(...)`` or None.
         eval_every: also record the full-data loss every this many steps (0: only at the end).
@@ -169,13 +173,15 @@ def train_over_seeds(
         raise ValueError("need at least one seed (N >= 1); pass e.g. seeds=range(10)")
     if method not in ("auto", "vmap", "loop"):
         raise ValueError(f"method must be 'auto', 'vmap' or 'loop', got {method!r}")
-    if steps < 1 or batch_size < 1 or not lr > 0 or eval_every < 0:
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if steps < 1 or (batch_size is not None and batch_size < 1) or not lr > 0 or eval_every < 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0, eval_every >= 0; got "
                          f"{steps}, {batch_size}, {lr}, {eval_every}")
     clipping = Clipping() if clipping is None else clipping
     thresholds = torch.stack([_per_run(clipping.max_norm, len(seeds), inputs.dtype, "max_norm"),
                               _per_run(clipping.agc, len(seeds), inputs.dtype, "agc")], dim=1)  # [N, 2]
-    run = _Run(steps, lr, batch_size, loss_fn, clipping, thresholds, eval_every)
+    run = _Run(steps, lr, batch_size, optimizer, loss_fn, clipping, thresholds, eval_every)
     if method == "loop":
         return _loop(make_model, inputs, targets, seeds, run)
     try:
@@ -194,7 +200,8 @@ def train_over_seeds(
 class _Run:
     steps: int
     lr: float
-    batch_size: int
+    batch_size: int | None
+    optimizer: str
     loss_fn: LossFn
     clipping: Clipping
     thresholds: Tensor  # [N, 2]: max_norm and AGC lambda per run
@@ -217,8 +224,10 @@ def _build(make_model: Callable[[int], nn.Module], seed: int) -> nn.Module:
         return make_model(seed)
 
 
-def _batch_indices(seeds: tuple[int, ...], steps: int, n: int, batch_size: int, device) -> Tensor:
+def _batch_indices(seeds: tuple[int, ...], steps: int, n: int, batch_size: int | None, device) -> Tensor:
     """``[steps, N, batch_size]``: seed s draws its batches from its own generator."""
+    if batch_size is None:  # full batch: every example, every step
+        return torch.arange(n, device=device).expand(steps, len(seeds), n)
     per_seed = []
     for s in seeds:
         g = torch.Generator().manual_seed(s)
@@ -239,30 +248,40 @@ def _vmapped(make_model, inputs: Tensor, targets: Tensor, seeds: tuple[int, ...]
     def loss_of(p, b, x, y):
         return run.loss_fn(functional_call(base, (p, b), (x,)), y)
 
-    def step(p, b, x, y, threshold):  # one run; vmap adds the run dimension
+    def step(p, b, x, y, threshold, m, v, t):  # one run; vmap adds the run dimension
         g, loss = grad_and_value(loss_of)(p, b, x, y)
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in g.values()]))
         # norm clipping as torch's clip_grads_with_norm_ (the same 1e-6, the same clamp)
         scale = (threshold[0] / (norm + 1e-6)).clamp(max=1.0)
         g, clipped = {k: v * scale for k, v in g.items()}, norm > threshold[0]
-        for k, v in g.items():  # then AGC as clipping.agc_, unit by unit
+        for k, gk in g.items():  # then AGC as clipping.agc_, unit by unit
             if k.split(".")[0] not in skip:
                 max_norm = unitwise_norm(p[k]).clamp(min=eps) * threshold[1]
-                grad_norm = unitwise_norm(v)
+                grad_norm = unitwise_norm(gk)
                 s = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp(min=1e-6), 1.0)
-                g[k], clipped = v * s, clipped | (s < 1).any()
-        return {k: p[k] - lr * g[k] for k in p}, loss, norm, clipped
+                g[k], clipped = gk * s, clipped | (s < 1).any()
+        if run.optimizer == "sgd":
+            return {k: p[k] - lr * g[k] for k in p}, loss, norm, clipped, m, v
+        # Adam, in torch.optim.Adam's order of operations
+        m = {k: m[k] * 0.9 + g[k] * 0.1 for k in p}
+        v = {k: v[k] * 0.999 + g[k] * g[k] * 0.001 for k in p}
+        step_size, root = lr / (1 - 0.9**t), math.sqrt(1 - 0.999**t)
+        return ({k: p[k] - step_size * m[k] / (v[k].sqrt() / root + 1e-8) for k in p}, loss, norm, clipped,
+                m, v)
 
     def full_loss(p, b):  # through grad_and_value: nn.RNN has a batching rule only under autograd
         return grad_and_value(loss_of)(p, b, inputs, targets)[1]
 
-    vstep, vloss = vmap(step), vmap(full_loss)
+    vstep, vloss = vmap(step, in_dims=(0, 0, 0, 0, 0, 0, 0, None)), vmap(full_loss)
+    m = {k: torch.zeros_like(w) for k, w in params.items()}  # Adam's moments (unused by SGD)
+    v = {k: torch.zeros_like(w) for k, w in params.items()}
     idx = _batch_indices(seeds, run.steps, len(inputs), run.batch_size, inputs.device)
     thresholds = run.thresholds.to(inputs.device)
     losses, norms, clips, evals = [], [], [], []
     with torch.no_grad():
         for t in range(run.steps):
-            params, loss, norm, clipped = vstep(params, buffers, inputs[idx[t]], targets[idx[t]], thresholds)
+            params, loss, norm, clipped, m, v = vstep(params, buffers, inputs[idx[t]], targets[idx[t]],
+                                                      thresholds, m, v, t + 1)
             losses.append(loss), norms.append(norm), clips.append(clipped)
             if run.eval_every and (t + 1) % run.eval_every == 0:
                 evals.append(vloss(params, buffers))
@@ -275,7 +294,8 @@ def _loop(make_model, inputs: Tensor, targets: Tensor, seeds: tuple[int, ...], r
     rows = []
     for i, seed in enumerate(seeds):
         model = _build(make_model, seed)
-        optimizer = torch.optim.SGD(model.parameters(), lr=run.lr)
+        optimizer_class = torch.optim.SGD if run.optimizer == "sgd" else torch.optim.Adam
+        optimizer = optimizer_class(model.parameters(), lr=run.lr)
         skip = [p for n, p in model.named_parameters() if n.split(".")[0] in run.clipping.skip]
         max_norm, agc = run.thresholds[i].tolist()
         row = ([], [], [], [])

@@ -62,6 +62,22 @@ def test_vmap_equals_separate_runs_with_torch_sgd_and_library_clipping(data, cli
         assert vmapped.clipped.any()  # the thresholds were low enough to act
 
 
+@pytest.mark.parametrize("clipping", [None, norm_clipping(0.5)], ids=["unclipped", "clipped"])
+def test_vmap_adam_full_batch_equals_torch_adam(data, clipping):
+    vmapped, looped = both(small_mlp, *data, [0, 1], optimizer="adam", lr=0.01, batch_size=None,
+                           clipping=clipping)
+    assert_same_runs(vmapped, looped)
+
+
+def test_full_batch_uses_every_example(data):
+    inputs, targets = data
+    runs = train_over_seeds(small_mlp, inputs, targets, [3], steps=1, lr=0.1, batch_size=None)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        expected = nn.functional.cross_entropy(small_mlp(3)(inputs), targets)  # at init, on all 64
+    torch.testing.assert_close(runs.loss[0, 0], expected.detach())
+
+
 def test_vmap_equals_separate_runs_for_an_rnn_before_chaos_sets_in():
     # gain-2 RNNs at lr 0.3 amplify a rounding difference ~10x per step: compare 5 steps
     g = torch.Generator().manual_seed(1)
@@ -92,6 +108,8 @@ def test_no_seed_is_a_clear_error(data):
 def test_bad_arguments_are_clear_errors(data):
     with pytest.raises(ValueError, match="method"):
         train_over_seeds(small_mlp, *data, [0], steps=2, lr=0.1, batch_size=8, method="fast")
+    with pytest.raises(ValueError, match="optimizer"):
+        train_over_seeds(small_mlp, *data, [0], steps=2, lr=0.1, batch_size=8, optimizer="lbfgs")
     with pytest.raises(ValueError, match="2 values for 3 runs"):
         train_over_seeds(small_mlp, *data, [0, 1, 2], steps=2, lr=0.1, batch_size=8,
                          clipping=norm_clipping([1.0, 2.0]))
