@@ -86,6 +86,7 @@ class SeedRuns:
         eval_loss: full-data-set loss every ``eval_every`` steps, ``[N, steps // eval_every]``.
         final_loss: full-data-set loss after the last step, ``[N]``.
         method: ``"vmap"`` or ``"loop"``: how the runs were computed.
+        parameters: the trained parameters, name -> ``[N, ...]`` (see ``state_dict``).
     """
 
     seeds: tuple[int, ...]
@@ -96,6 +97,11 @@ class SeedRuns:
     final_loss: Tensor
     method: str
     eval_every: int = field(default=0)
+    parameters: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def state_dict(self, row: int) -> dict[str, Tensor]:
+        """Run ``row``'s trained parameters, for ``model.load_state_dict(..., strict=False)``."""
+        return {name: value[row] for name, value in self.parameters.items()}
 
     def median(self, values: Tensor | None = None) -> Tensor:
         """Median over seeds of ``values`` (``[N, ...]``; default ``final_loss``)."""
@@ -124,7 +130,8 @@ class SeedRuns:
         pick = slice(start, stop)
         return replace(self, seeds=self.seeds[pick], loss=self.loss[pick], grad_norm=self.grad_norm[pick],
                        clipped=self.clipped[pick], eval_loss=self.eval_loss[pick],
-                       final_loss=self.final_loss[pick])
+                       final_loss=self.final_loss[pick],
+                       parameters={k: v[pick] for k, v in self.parameters.items()})
 
 
 def train_over_seeds(
@@ -286,7 +293,7 @@ def _vmapped(make_model, inputs: Tensor, targets: Tensor, seeds: tuple[int, ...]
             if run.eval_every and (t + 1) % run.eval_every == 0:
                 evals.append(vloss(params, buffers))
         final = vloss(params, buffers)
-    return _result(seeds, losses, norms, clips, evals, final, "vmap", run.eval_every)
+    return _result(seeds, losses, norms, clips, evals, final, "vmap", run.eval_every, params)
 
 
 def _loop(make_model, inputs: Tensor, targets: Tensor, seeds: tuple[int, ...], run: _Run) -> SeedRuns:
@@ -315,20 +322,22 @@ def _loop(make_model, inputs: Tensor, targets: Tensor, seeds: tuple[int, ...], r
                 with torch.no_grad():
                     row[3].append(run.loss_fn(model(inputs), targets))
         with torch.no_grad():
-            rows.append((*row, run.loss_fn(model(inputs), targets)))
+            rows.append((*row, run.loss_fn(model(inputs), targets), dict(model.named_parameters())))
     columns = [[torch.stack([r[c][t] for r in rows]) for t in range(len(rows[0][c]))] for c in range(4)]
     final = torch.stack([r[4] for r in rows])
-    return _result(seeds, *columns, final, "loop", run.eval_every)
+    params = {k: torch.stack([r[5][k] for r in rows]) for k in rows[0][5]}
+    return _result(seeds, *columns, final, "loop", run.eval_every, params)
 
 
-def _result(seeds, losses, norms, clips, evals, final, method, eval_every) -> SeedRuns:
+def _result(seeds, losses, norms, clips, evals, final, method, eval_every, params) -> SeedRuns:
     def stack(xs, dtype=None):  # list over steps of [N] -> [N, steps], detached on the CPU
         if not xs:
             return torch.empty(len(seeds), 0, dtype=dtype or final.dtype)
         return torch.stack(xs, dim=1).detach().cpu()
 
+    trained = {k: v.detach().cpu() for k, v in params.items()}
     return SeedRuns(seeds, stack(losses), stack(norms), stack(clips, torch.bool), stack(evals),
-                    final.detach().cpu(), method, eval_every)
+                    final.detach().cpu(), method, eval_every, trained)
 
 
 # --------------------------------------------------------------------------- lessons 04 and 10

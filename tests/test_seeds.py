@@ -47,6 +47,9 @@ def both(make_model, inputs, targets, seeds, **kwargs):
 def assert_same_runs(a: SeedRuns, b: SeedRuns, rtol: float = 1e-9):
     for name in ("loss", "grad_norm", "eval_loss", "final_loss"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-12, msg=name)
+    assert a.parameters.keys() == b.parameters.keys()
+    for name in a.parameters:
+        torch.testing.assert_close(a.parameters[name], b.parameters[name], rtol=rtol, atol=1e-12, msg=name)
     assert torch.equal(a.clipped, b.clipped)
 
 
@@ -85,6 +88,15 @@ def test_vmap_equals_separate_runs_for_an_rnn_before_chaos_sets_in():
     vmapped, looped = both(lambda s: RNNClassifier(4, 8, 2, recurrent_gain=2.0).double(), inputs, targets,
                            [3, 4], steps=5, lr=0.3, clipping=norm_clipping(0.5))
     assert_same_runs(vmapped, looped, rtol=1e-7)
+
+
+def test_trained_parameters_load_into_the_model(data):
+    inputs, targets = data
+    runs = train_over_seeds(small_mlp, inputs, targets, [0, 1], steps=3, lr=0.1, batch_size=None)
+    model = small_mlp(1)
+    model.load_state_dict(runs.state_dict(1))
+    final = nn.functional.cross_entropy(model(inputs), targets)
+    torch.testing.assert_close(final.detach(), runs.final_loss[1])
 
 
 def test_seed_sets_weights_and_batch_order(data):
