@@ -7,13 +7,28 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import error_of, graded_cells, run_notebook
+from conftest import error_of, run_notebook
+from conftest import graded_cells as _graded_cells
 
 from gradflow_lessons.checks import PASS
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 pytestmark = pytest.mark.slow
+
+
+def graded_cells(nb):
+    """The check cells. A markdown answer is a grade cell too (nbgrader's rule for a
+    markdown solution cell), worth 0 points: it is read, not run."""
+    return [c for c in _graded_cells(nb) if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_every_markdown_answer_is_a_zero_point_grade_cell_as_nbgrader_requires(solution):
+    for cell in nbformat.read(solution, as_version=4).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "markdown" and meta.get("solution"):
+            assert meta.get("grade") is True and meta.get("points") == 0, cell.get("id")
 
 
 def test_there_is_at_least_one_exercise():

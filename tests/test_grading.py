@@ -569,3 +569,18 @@ def test_the_grading_command_leaves_the_callers_environment_as_it_was(monkeypatc
     with pytest.raises(SystemExit):
         main(["--self-check", "no-such-notebook.ipynb"])
     assert "MPLBACKEND" not in os.environ
+
+
+def test_a_grading_seed_draws_the_same_hidden_inputs_again_and_then_lets_go_of_os_urandom():
+    import os
+
+    from gradflow_lessons.grading.session import _hidden_inputs_from
+
+    real = os.urandom
+    with _hidden_inputs_from(1234):
+        first = [os.urandom(4), os.urandom(8)]
+    with _hidden_inputs_from(1234):
+        again = [os.urandom(4), os.urandom(8)]
+    with _hidden_inputs_from(99):
+        other = [os.urandom(4), os.urandom(8)]
+    assert first == again != other and os.urandom is real

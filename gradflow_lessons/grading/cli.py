@@ -167,7 +167,7 @@ def _grade_one(job: tuple):
     """Grade one submission (in this process or a worker); always returns a Result."""
     from gradflow_lessons.grading.session import Result, grade_submission
 
-    submission, target, timeout, memory_mb, run_as, sandbox, hidden = job
+    submission, target, timeout, memory_mb, run_as, sandbox, hidden, seed = job
     start = time.perf_counter()
     if submission.path is None:
         result = Result(submission.label, target.name if target else "", 0.0,
@@ -179,11 +179,12 @@ def _grade_one(job: tuple):
     else:
         try:
             result = grade_submission(submission.path, target, timeout, memory_mb, submission.label,
-                                      run_as, sandbox, hidden, cells=submission.cells)
+                                      run_as, sandbox, hidden, cells=submission.cells, seed=seed)
         except Exception as e:  # noqa: BLE001 - a grader bug must not stop the class
             result = Result(submission.label, target.name, 0.0, target.max_score, "grader-error",
                             notes=[f"the grader failed: {type(e).__name__}: {e}"])
     result.student_id, result.name, result.sandbox = submission.student_id, submission.name, sandbox
+    result.seed = seed
     result.seconds = result.seconds or time.perf_counter() - start
     return result
 
@@ -193,7 +194,7 @@ def grade(paths: list[Path], exercises: dict, exercise=None, out: Path = Path("g
           memory_mb: int = 4096, run_as: str = "", progress=print, sandbox: str = "bwrap",
           jobs: int = 1, roster: list | None = None, roster_base: Path | None = None,
           output_format: str = "csv", canvas: Path | None = None, canvas_assignment: str | None = None,
-          private: tuple[Path, ...] = ()) -> list:
+          private: tuple[Path, ...] = (), seed: int | None = None) -> list:
     """Grade every notebook in ``paths`` (or of the ``roster``); one row each, whatever it does.
 
     Every submission is read into memory before any student code runs, and every output is
@@ -201,7 +202,9 @@ def grade(paths: list[Path], exercises: dict, exercise=None, out: Path = Path("g
     interrupted run keeps the rows it finished). ``jobs`` submissions are graded at once, in
     worker processes; rows, progress lines and files come out in the same order whatever
     ``jobs`` is. ``sandbox`` is ``"bwrap"`` or ``"none"``; ``private`` paths (the solutions)
-    are kept out of the kernels' sight with the submissions and the outputs.
+    are kept out of the kernels' sight with the submissions and the outputs. The hidden
+    inputs of every submission come from ``seed`` (default: drawn fresh for this run),
+    recorded in the JSON report: a regrade with ``seed`` draws the same inputs.
 
     Returns the results, in order.
 
@@ -212,6 +215,10 @@ def grade(paths: list[Path], exercises: dict, exercise=None, out: Path = Path("g
     from gradflow_lessons.grading.exercise import SubmissionError, read_submission
 
     sandboxes.require(sandbox)
+    if seed is None:
+        import secrets
+
+        seed = secrets.randbits(63)
     submissions = collect(paths, roster, roster_base, exercise)
     targets = [exercise or (infer_exercise(s.path, exercises) if s.path else None) for s in submissions]
     for s in submissions:  # all of them, before any student code runs
@@ -225,7 +232,8 @@ def grade(paths: list[Path], exercises: dict, exercise=None, out: Path = Path("g
     hidden = tuple(dict.fromkeys([*paths, *(s.path for s in submissions if s.path), out, report,
                                   feedback_dir, *([canvas] if canvas else []), *private]))
     check_ids = list(dict.fromkeys(c.id for t in targets if t for c in t.checks))
-    jobs_list = [(s, t, timeout, memory_mb, run_as, sandbox, hidden) for s, t in zip(submissions, targets)]
+    jobs_list = [(s, t, timeout, memory_mb, run_as, sandbox, hidden, seed)
+                 for s, t in zip(submissions, targets)]
     results, used = [], set()
     feedback = {}
     for number, result in enumerate(_run_all(jobs_list, jobs), start=1):
@@ -253,7 +261,7 @@ def grade(paths: list[Path], exercises: dict, exercise=None, out: Path = Path("g
 
         _write_atomically(canvas, canvas_csv(results, roster or [], canvas_assignment))
     summary = {"timeout_s": timeout, "memory_mb": memory_mb, "run_as": run_as, "sandbox": sandbox,
-               "jobs": jobs, "csv": str(out), "feedback_dir": str(feedback_dir),
+               "jobs": jobs, "seed": seed, "csv": str(out), "feedback_dir": str(feedback_dir),
                "submissions": [asdict(r) for r in results]}
     _write_atomically(report, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return results
@@ -343,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("csv", "gradescope"), default="csv",
                         help="csv (default): class CSV, JSON and feedback files; gradescope: "
                         "Gradescope's results.json for one submission at --out")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed of the hidden inputs (default: "
+                        "drawn fresh, recorded in the JSON report; give it to regrade the same way)")
     parser.add_argument("--gradescope-autograder", type=Path, metavar="ZIP",
                         help="with --exercise: write Gradescope's autograder zip for it and stop")
     parser.add_argument("--self-check", type=Path, metavar="NOTEBOOK",
@@ -420,7 +430,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                         progress=lambda line: print(line, flush=True), sandbox=args.sandbox,
                         jobs=max(1, args.jobs), roster=roster, roster_base=roster_base,
                         output_format=args.format, canvas=args.canvas,
-                        canvas_assignment=args.canvas_assignment, private=(folder,))
+                        canvas_assignment=args.canvas_assignment, private=(folder,), seed=args.seed)
     except SandboxUnavailable as e:
         print(f"gradflow-grade: {e}", file=sys.stderr)
         return 2

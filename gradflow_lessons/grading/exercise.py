@@ -113,6 +113,9 @@ class SubmissionError(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self):  # crosses to the worker processes of --jobs
+        return SubmissionError, (self.status, str(self))
+
 
 @dataclass
 class StudentCell:

@@ -48,6 +48,7 @@ def read_roster(path: Path) -> list[Student]:
     header = set(rows[0]) if rows else set()
     file_column = "file" if "file" in header else "path"
     missing = {"student_id", "name", file_column} - header
+    missing = {"file" if m == "path" else m for m in missing}
     if missing:
         raise ValueError(f"{path}: the roster needs the columns student_id, name and file "
                          f"(missing: {', '.join(sorted(missing))})")

@@ -122,15 +122,34 @@ def describe_failure(error: BaseException) -> tuple[str, bool]:
     return f"{type(error).__name__}: {error}", False
 
 
-def run_checks(exercise: Exercise, kernel: StudentKernel) -> tuple[list[CheckResult], list[str]]:
+@contextlib.contextmanager
+def _hidden_inputs_from(seed: int | None):
+    """Hidden tests draw their inputs from ``os.urandom``: with a ``seed``, from a generator
+    seeded by it instead, so that a regrade with the run's seed draws the same inputs."""
+    if seed is None:
+        yield
+        return
+    import os
+
+    draw, real = random.Random(seed), os.urandom
+    os.urandom = lambda n: draw.randbytes(n)
+    try:
+        yield
+    finally:
+        os.urandom = real
+
+
+def run_checks(exercise: Exercise, kernel: StudentKernel,
+               seed: int | None = None) -> tuple[list[CheckResult], list[str]]:
     """Run the exercise's own cells in this process, student names bound to the kernel.
+    ``seed``: the grading run's seed for the hidden inputs (None: truly random).
 
     Returns the result of every check cell and notes on set-up cells that failed."""
     namespace: dict = {"__name__": REFERENCE_MODULE, "__builtins__": builtins}
     namespace["get_ipython"] = lambda: _Shell(namespace)
     results, notes = [], []
     last = max(i for i, c in enumerate(exercise.cells) if c.kind == "check")
-    with _grader_state_kept():
+    with _grader_state_kept(), _hidden_inputs_from(seed):
         for cell in exercise.cells[: last + 1]:
             if cell.kind == "solution":
                 for name in cell.names:
@@ -173,6 +192,7 @@ class Result:
     sandbox: str = ""
     student_id: str = ""
     name: str = ""
+    seed: int | None = None  # of the hidden inputs; in the JSON report, not in the feedback
 
     def summary(self) -> str:
         """One line for the CSV's feedback column."""
@@ -200,7 +220,7 @@ def _student_status(result: Result, events: set[str], cell_errors: list[str]) ->
 def grade_submission(path: Path, exercise: Exercise, timeout: float = 60, memory_mb: int = 4096,
                      label: str | None = None, run_as: str = "", sandbox: str = "none",
                      hidden: tuple[Path, ...] = (), cells: list[StudentCell] | SubmissionError | None = None,
-                     ) -> Result:
+                     seed: int | None = None) -> Result:
     """Grade ``path`` against ``exercise``; always returns a Result (never raises for
     anything the submission does).
 
@@ -209,9 +229,11 @@ def grade_submission(path: Path, exercise: Exercise, timeout: float = 60, memory
             cells, or the error it raised); None to read ``path`` now.
         sandbox: ``"bwrap"`` or ``"none"`` (:mod:`gradflow_lessons.grading.sandbox`).
         hidden: paths the kernel must not see (other submissions, outputs, solutions).
+        seed: the grading run's seed for the hidden inputs (None: ``os.urandom``).
     """
     start = time.perf_counter()
-    result = Result(label or str(path), exercise.name, 0.0, exercise.max_score, "ok", sandbox=sandbox)
+    result = Result(label or str(path), exercise.name, 0.0, exercise.max_score, "ok", sandbox=sandbox,
+                    seed=seed)
     try:
         if cells is None:
             cells = read_submission(path)
@@ -242,7 +264,7 @@ def grade_submission(path: Path, exercise: Exercise, timeout: float = 60, memory
             result.notes.append(f"could not start a kernel: {type(e).__name__}: {e}")
             return result
         cell_errors = _run_student_cells(cells, check_ids, kernel)
-        result.checks, setup_notes = run_checks(exercise, kernel)
+        result.checks, setup_notes = run_checks(exercise, kernel, seed)
     finally:
         kernel.close()
         result.seconds = time.perf_counter() - start
@@ -257,6 +279,9 @@ def grade_submission(path: Path, exercise: Exercise, timeout: float = 60, memory
         result.notes.append("the kernel ignored the interrupt after a timeout and was stopped; "
                             "checks after that point earned nothing")
     result.status = _student_status(result, kernel.events, cell_errors)
+    if result.status == "errors" and result.checks and all(c.passed for c in result.checks):
+        result.notes.insert(0, "every check passed, but your notebook does not run cleanly from top "
+                               "to bottom (see the errors below): fix them before you hand it in")
     return result
 
 

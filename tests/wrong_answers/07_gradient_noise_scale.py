@@ -47,6 +47,22 @@ WRONG_ANSWERS = [
         )},
     ),
     (
+        "noise scale that divides by a negative |G|^2 estimate (a negative B_simple)",
+        {"solution-noise-scale": (
+            "def gradient_noise_scale(model, loss_fn, inputs, targets):\n"
+            "    g2, trace = noise_statistics(per_sample_gradients(model, loss_fn, inputs, targets))\n"
+            "    return {'b_simple': trace / g2, 'grad_sq_norm': g2, 'trace_cov': trace}"
+        )},
+    ),
+    (
+        "noise scale that takes abs() of a negative |G|^2 estimate",
+        {"solution-noise-scale": (
+            "def gradient_noise_scale(model, loss_fn, inputs, targets):\n"
+            "    g2, trace = noise_statistics(per_sample_gradients(model, loss_fn, inputs, targets))\n"
+            "    return {'b_simple': trace / abs(g2), 'grad_sq_norm': abs(g2), 'trace_cov': trace}"
+        )},
+    ),
+    (
         "two-batch estimator that takes the big batch's norm as |G|^2 (no extrapolation)",
         {"solution-two-batch": (
             "def two_batch_estimate(small_sq_norm, big_sq_norm, small_batch, big_batch):\n"
