@@ -4,14 +4,16 @@ A single training run of a small network is an anecdote: change the seed (the in
 weights, the order of the mini-batches) and a chaotic run can end anywhere. This module
 trains the same seeded model for N seeds *at once*: ``torch.func.stack_module_state``
 stacks the N models' parameters into tensors with a leading seed dimension ``[N, ...]``,
-and ``vmap`` over ``functional_call`` runs forward, backward, clipping and the SGD update
-of all N as one computation (Chen et al.'s "model ensembling" recipe in the
-``torch.func`` docs). Small networks leave most of a CPU idle; N of them side by side
-do not (``benchmarks/seeds.py`` measures the ratio).
+and ``vmap`` over ``functional_call`` runs forward, backward, clipping and the update of
+all N as one computation (the "model ensembling" recipe of the ``torch.func`` tutorials).
+Small networks leave most of a CPU idle; N of them side by side less so
+(``benchmarks/seeds.py`` measures the ratio; a network big enough to keep the CPU busy
+on its own gains little).
 
-- ``train_over_seeds``: plain SGD, optionally clipped (``norm_clipping`` or
-  ``agc_clipping``), for every seed; returns a ``SeedRuns`` with per-seed curves and
-  helpers for the median, a quantile band and the success rate.
+- ``train_over_seeds``: SGD or Adam, mini-batch or full-batch, optionally clipped
+  (``norm_clipping``, ``agc_clipping``), for every seed; returns a ``SeedRuns`` with
+  per-seed curves, the trained parameters, and helpers for the median, a quantile band
+  and the success rate.
 - ``clipping_over_seeds``: the clipping experiment lessons 04 and 10 share (one place,
   so both print the same numbers).
 
@@ -21,7 +23,7 @@ mini-batch order (a ``torch.Generator`` seeded with ``s``).
 
 ``method="vmap"`` refuses a model vmap cannot run (one whose ``forward`` branches on a
 tensor's value, ``if x.mean() > 0``, or calls ``.item()``) with a ``ValueError`` that says so;
-``method="loop"`` trains the seeds one after another with ``torch.optim.SGD`` and the
+``method="loop"`` trains the seeds one after another with ``torch.optim`` and the
 library's own ``clip_by_norm_``/``agc_`` (the reference the batched path is tested
 against); ``method="auto"`` (the default) uses vmap and falls back to the loop with a
 warning.
