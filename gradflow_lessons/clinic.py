@@ -287,12 +287,18 @@ class Patient:
         return Patient(apply_fix(self._script, fix), self.seed)
 
     def fit(self, seed: int | None = None) -> float:
-        """Train a fresh model for ``self.steps`` steps; the final loss on all the data
-        (NaN if it is not finite). Cured when at or below ``self.target``."""
+        """Train a fresh model for ``self.steps`` steps and return how far it got: with
+        full-batch training (the spirals), the lowest full-data loss of the last 10 steps (a
+        run that spikes at the very end still counts as trained); with mini-batches, the
+        full-data loss after the last step. NaN if it is not finite. Cured when at or below
+        ``self.target``."""
         model = self.new_model(seed)
-        self.train(model, self.new_optimizer(model))
-        with torch.no_grad():
-            loss = self.loss_fn(model(self.inputs), self.targets).item()
+        losses = self.train(model, self.new_optimizer(model))
+        if self._script["batch"] is None:
+            loss = min(losses[-10:]) if all(map(math.isfinite, losses[-10:])) else math.nan
+        else:
+            with torch.no_grad():
+                loss = self.loss_fn(model(self.inputs), self.targets).item()
         return loss if math.isfinite(loss) else math.nan
 
 
