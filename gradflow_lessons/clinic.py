@@ -16,8 +16,8 @@ the learner finds that by measuring, with ``GradientMonitor``, ``diagnose`` and 
 
 A treatment is a plain dict of the minimal change (``FIXES``: ``{"lr": 0.1}``,
 ``{"clip": 1.0}``, ``{"zero_grad": True}`` ...). ``verify`` applies it, trains the treated
-patient on fresh seeds, and accepts it when the final loss reaches the task's target on every
-seed *and* the change touches only what the family's illness allows (a learning-rate case is
+patient on fresh seeds, and accepts it when the final loss reaches the task's target on most
+seeds *and* the change touches only what the family's illness allows (a learning-rate case is
 not cured by swapping the architecture).
 """
 
@@ -369,7 +369,7 @@ def misread(case: Case, said: object) -> str:
 
 @dataclass
 class Verdict:
-    """What ``verify`` found. ``cured``: the treated patient reached ``target`` on every seed;
+    """What ``verify`` found. ``cured``: the treated patient reached ``target`` on most seeds;
     ``minimal``: the fix touched only what the family allows; ``losses``: final loss per seed."""
 
     cured: bool
@@ -386,7 +386,8 @@ class Verdict:
 def verify(case: Case, fix: object, seeds: list[int]) -> Verdict:
     """Check a treatment: ``fix`` must change only what ``case``'s family allows, and the
     treated patient, trained on each of ``seeds`` (fresh data and weights, the same sizes),
-    must end at or below the task's target loss.
+    must end at or below the task's target loss on a majority of them (2 of 3: small
+    networks trained with SGD diverge now and then, about 1 run in 50 of the cured ones).
 
     Cost: ``len(seeds)`` trainings of ``steps`` steps (0.05-0.3 s each on one CPU core), none
     when the fix is not minimal.
@@ -404,7 +405,7 @@ def verify(case: Case, fix: object, seeds: list[int]) -> Verdict:
                        f"({case.family}: {family.broken}); a minimal fix changes only "
                        f"{sorted(family.allowed)}")
     losses = [Patient(script, seed).fit() for seed in seeds]
-    cured = all(loss <= target for loss in losses)  # NaN is never <= target
+    cured = sum(loss <= target for loss in losses) > len(seeds) // 2  # NaN is never <= target
     shown = ", ".join(f"{v:.3g}" for v in losses)
     verb = "cured it" if cured else "did not cure it"
     return Verdict(cured, True, losses, target,
