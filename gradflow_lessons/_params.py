@@ -30,6 +30,12 @@ def trainable_parameters(model: nn.Module, names: Iterable[str] | None = None) -
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not named:
         raise no_trainable_parameters()
+    meta = [n for n, p in named.items() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"parameters {meta[:3]} are on the meta device (shapes only, no values); materialise the "
+            "model first, e.g. model.to_empty(device='cpu') and then initialise or load_state_dict it"
+        )
     if names is None:
         return named
     wanted = list(names)
@@ -45,5 +51,64 @@ def module_of(name: str) -> str:
 
 
 def parameter_list(parameters: torch.Tensor | Iterable[torch.Tensor], caller: str) -> list[torch.Tensor]:
-    """``parameters`` (one tensor or an iterable of them, e.g. ``model.parameters()``) as a list."""
-    return [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    """``parameters`` (one tensor or an iterable of them, e.g. ``model.parameters()``) as a list.
+
+    Raises:
+        ValueError: a model or ``named_parameters()`` instead of the parameters.
+    """
+    if isinstance(parameters, nn.Module):
+        raise ValueError(f"{caller} takes the parameters, not the model: pass model.parameters()")
+    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    wrong = next((p for p in params if not isinstance(p, torch.Tensor)), None)
+    if wrong is not None:
+        hint = (" (named_parameters() gives (name, tensor) pairs: pass model.parameters())"
+                if isinstance(wrong, tuple) else "")
+        raise ValueError(f"{caller} takes tensors (model.parameters()), got a {type(wrong).__name__}{hint}")
+    return params
+
+
+# --------------------------------------------------------------------------- norms that do not lie
+
+TINY, HUGE = 1e-18, 1e18
+"""A float32 sum of squares loses a norm below ``TINY`` (the squares underflow: ``(1e-26)**2``
+is 0 in float32) or above ``HUGE`` (they overflow to inf); such norms are redone in float64."""
+
+
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a statistic of ``dtype`` values is accumulated in: float32 for float16 and
+    bfloat16 (whose sums and squares overflow or lose every digit), else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``||t||_2`` of each tensor as a 0-d tensor on its device, accumulated in ``wide(t.dtype)``,
+    one fused pass per dtype and no host sync. Check the values with ``exact_norms`` once
+    they are on the host: float32 cannot hold every norm."""
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for dtype, index in by_dtype.items():
+        group = [tensors[i] for i in index]
+        result = torch._foreach_norm(group) if wide(dtype) == dtype else torch._foreach_norm(
+            group, dtype=wide(dtype))
+        for i, norm in zip(index, result):
+            out[i] = norm
+    return out
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``||(t_1, ..., t_k)||_2``, all tensors seen as one vector; 0-d on the first one's device."""
+    each = norms(tensors)
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in each) else each[0].dtype
+    return torch.linalg.vector_norm(torch.stack([n.to(tensors[0].device, dtype) for n in each]))
+
+
+def exact_norm(tensors: list[torch.Tensor], value: float) -> float:
+    """``value``, the norm of ``tensors`` from ``norms``/``total_norm``, redone in float64 when
+    it is outside ``[TINY, HUGE]`` where float32 may have lost it (a second pass and a host
+    sync, only then)."""
+    if TINY <= value <= HUGE or value != value or all(t.dtype == torch.float64 for t in tensors):
+        return value
+    squares = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64).cpu() ** 2 for t in tensors]
+    return float(torch.stack(squares).sum().sqrt())

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ._params import parameter_list
+from ._params import exact_norm, parameter_list, total_norm, wide
 
 Parameters = Tensor | Iterable[Tensor]
 
@@ -86,11 +86,6 @@ def _gradients(parameters: Parameters, caller: str, **positive: float) -> tuple[
     return params, grads
 
 
-def _total_norm(grads: list[Tensor]) -> Tensor:
-    """||g||_2 over all tensors, as a 0-d tensor on the first gradient's device."""
-    return torch.nn.utils.get_total_norm(grads, 2.0)
-
-
 def _count_nonfinite(grads: list[Tensor]) -> int:
     return int(sum(int((~torch.isfinite(g)).sum()) for g in grads))
 
@@ -105,32 +100,47 @@ def _nonfinite_error(grads: list[Tensor], caller: str) -> RuntimeError:
     )
 
 
+Terms = Callable[[Tensor, "torch.dtype | None"], tuple[Tensor, Tensor, Tensor]]
+"""``(norm_before, dtype) -> (norm_after, dot(g_before, g_after), units changed)``, on the device;
+``dtype`` None: each gradient's ``wide`` dtype, else e.g. float64."""
+
+
 def _stats(
     grads: list[Tensor],
-    norm_before: Tensor,
-    norm_after: Tensor,
-    dot: Tensor,
+    terms: Terms,
     threshold: Tensor | float,
-    changed: Tensor | bool,
     units: int,
     error_if_nonfinite: bool,
     caller: str,
-) -> ClipStats:
+) -> tuple[ClipStats, Tensor]:
     """Gather the statistics with one host sync, *before* the gradients are changed (so a
-    NaN/Inf can still be counted, or refused with ``error_if_nonfinite``)."""
-    device = norm_before.device
-    cosine = dot / (norm_before * norm_after)
-    values = torch.stack([
-        torch.as_tensor(t, device=device).detach().to(torch.float64)
-        for t in (norm_before, norm_after, threshold, changed, cosine)
-    ]).tolist()  # the one host sync
-    before, after, thr, changed_count, cos = values
+    NaN/Inf can still be counted, or refused with ``error_if_nonfinite``).
+
+    The norm is accumulated in float32 or wider; when float32 cannot hold it (a gradient
+    with entries near 1e-26 or 1e25), it and the terms are redone in float64 (a second
+    sync, only then). Returns the stats and the norm to clip with (0-d, on the device).
+    """
+    norm_before = total_norm(grads)
+    before, after, thr, changed_count, cos = _gather(norm_before, terms(norm_before, None), threshold)
+    exact, raw = exact_norm(grads, before), before
+    if exact != before and math.isfinite(exact):  # float32 lost the norm: redo everything in float64
+        norm_before = torch.tensor(exact, dtype=torch.float64, device=norm_before.device)
+        before, after, thr, changed_count, cos = _gather(norm_before, terms(norm_before, torch.float64),
+                                                         threshold)
+    narrowest = min((torch.finfo(g.dtype).max for g in grads), default=math.inf)
+    if before < math.inf and (raw == math.inf or before > narrowest):  # torch's norm would be inf
+        warnings.warn(
+            f"{caller}: the gradient norm {before:.3g} overflows the gradients' own dtype, where "
+            "torch.nn.utils.clip_grad_norm_ takes it: torch would see inf and scale every gradient by 0. "
+            f"{caller} takes norms in float32 or wider and clipped with the true norm.",
+            RuntimeWarning, stacklevel=3,
+        )
     finite = math.isfinite(before)
     if not finite and error_if_nonfinite:
         raise _nonfinite_error(grads, caller)
     if finite and before == 0.0:
         cos = 1.0  # nothing to point anywhere: the direction did not change
-    return ClipStats(
+    stats = ClipStats(
         norm_before=before,
         norm_after=after,
         threshold=thr,
@@ -139,6 +149,19 @@ def _stats(
         cosine=cos if finite else math.nan,
         nonfinite=0 if finite else _count_nonfinite(grads),
     )
+    return stats, norm_before
+
+
+def _gather(norm_before: Tensor, terms: tuple[Tensor, Tensor, Tensor],
+            threshold: Tensor | float) -> list[float]:
+    """``[before, after, threshold, changed, cosine]`` as Python floats: one host sync."""
+    norm_after, dot, changed = terms
+    device = norm_before.device
+    cosine = dot / (norm_before * norm_after)
+    return torch.stack([
+        torch.as_tensor(t, device=device).detach().to(torch.float64)
+        for t in (norm_before, norm_after, threshold, changed, cosine)
+    ]).tolist()
 
 
 def _empty_stats(threshold: float) -> ClipStats:
@@ -174,13 +197,13 @@ def clip_by_norm_(
     params, grads = _gradients(parameters, "clip_by_norm_", max_norm=max_norm)
     if not grads:
         return _empty_stats(max_norm)
+    def terms(before: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
+        after = before * torch.clamp(max_norm / (before + 1e-6), max=1.0)  # torch's coefficient
+        return after, before * after, before > max_norm  # g_after = coef * g_before, coef > 0
+
     with torch.no_grad():
-        norm_before = _total_norm(grads)
-        norm_after = norm_before * torch.clamp(max_norm / (norm_before + 1e-6), max=1.0)  # torch's coef
-        dot = norm_before * norm_after  # g_after = coef * g_before with coef > 0
-        stats = _stats(grads, norm_before, norm_after, dot, max_norm, norm_before > max_norm, 1,
-                       error_if_nonfinite, "clip_by_norm_")
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm_before, foreach=foreach)
+        stats, norm = _stats(grads, terms, max_norm, 1, error_if_nonfinite, "clip_by_norm_")
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=foreach)
     return stats
 
 
@@ -217,21 +240,20 @@ def clip_by_value_(
     params, grads = _gradients(parameters, "clip_by_value_", clip_value=clip_value)
     if not grads:
         return _empty_stats(clip_value)
-    with torch.no_grad():
-        norm_before = _total_norm(grads)
-        device = norm_before.device
+    def terms(before: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
+        device = before.device
         dots, after_sq, over = [], [], []
         for g in grads:  # one temporary at a time, freed before the next tensor
-            flat = g.flatten()
+            flat = g.flatten().to(dtype or wide(g.dtype))  # float16 dot products overflow
             kept = flat.clamp(-clip_value, clip_value)
-            dots.append(torch.dot(flat, kept).to(device))
-            after_sq.append(torch.dot(kept, kept).to(device))
+            dots.append(torch.dot(flat, kept).to(device, before.dtype))
+            after_sq.append(torch.dot(kept, kept).to(device, before.dtype))
             over.append(torch.count_nonzero(flat != kept).to(device))
-        norm_after = torch.stack(after_sq).sum().sqrt()
-        dot = torch.stack(dots).sum()
+        return torch.stack(after_sq).sum().sqrt(), torch.stack(dots).sum(), torch.stack(over).sum()
+
+    with torch.no_grad():
         units = sum(g.numel() for g in grads)
-        stats = _stats(grads, norm_before, norm_after, dot, clip_value, torch.stack(over).sum(), units,
-                       error_if_nonfinite, "clip_by_value_")
+        stats, _ = _stats(grads, terms, clip_value, units, error_if_nonfinite, "clip_by_value_")
         torch.nn.utils.clip_grad_value_(params, clip_value, foreach=foreach)
     return stats
 
@@ -290,7 +312,7 @@ class PercentileClipper:
         if not grads:
             return _empty_stats(math.nan) if stats else None
         with torch.no_grad():
-            norm = _total_norm(grads)
+            norm = total_norm(grads)
             if self.error_if_nonfinite and not bool(torch.isfinite(norm)):
                 raise _nonfinite_error(grads, "PercentileClipper.clip_")
             if self._norms is None:
@@ -307,9 +329,11 @@ class PercentileClipper:
             self._clipped_steps += clipped
             result = None
             if stats:
-                norm_after = norm * coef
-                result = _stats(grads, norm, norm_after, norm * norm_after, threshold, clipped, 1,
-                                False, "PercentileClipper.clip_")
+                def terms(before: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
+                    after = before * torch.clamp(threshold / (before + 1e-6), max=1.0)
+                    return after, before * after, before > threshold
+
+                result, _ = _stats(grads, terms, threshold, 1, False, "PercentileClipper.clip_")
             for device in {g.device for g in grads}:
                 torch._foreach_mul_([g for g in grads if g.device == device], coef.to(device))
         return result
@@ -337,12 +361,14 @@ class PercentileClipper:
         return int(self._clipped_steps) / self.steps
 
 
-def unitwise_norm(x: Tensor) -> Tensor:
+def unitwise_norm(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Norm per output unit: over every dim but the first for a [out, ...] weight, kept
-    as [out, 1, ...]; the whole tensor's norm for a bias or a scalar (NFNets' rule)."""
+    as [out, 1, ...]; the whole tensor's norm for a bias or a scalar (NFNets' rule).
+    Accumulated in ``dtype`` (default: float32 for float16/bfloat16, else ``x``'s dtype)."""
+    dtype = dtype or wide(x.dtype)
     if x.dim() <= 1:
-        return torch.linalg.vector_norm(x)
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True)
+        return torch.linalg.vector_norm(x, dtype=dtype)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True, dtype=dtype)
 
 
 def agc_(
@@ -384,31 +410,33 @@ def agc_(
     params, grads = _gradients(parameters, "agc_", clipping=clipping)
     if not grads:
         return _empty_stats(clipping)
-    with torch.no_grad():
-        skipped = {id(p) for p in skip}
-        norm_before = _total_norm(grads)
-        device = norm_before.device
-        scales: list[Tensor | None] = []
-        dots, after_sq, changed, units = [], [], [], 0
+    skipped = {id(p) for p in skip}
+    scales: list[Tensor | None] = []
+
+    def terms(before: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
+        device = before.device
+        scales.clear()
+        dots, after_sq, changed = [], [], []
         for p, g in zip(params, grads):
+            grad_norm = unitwise_norm(g, dtype)
+            grad_sq = grad_norm.double() ** 2
             if id(p) in skipped:
                 scales.append(None)
-                dots.append(g.double().pow(2).sum().to(device))
+                dots.append(grad_sq.sum().to(device))
                 after_sq.append(dots[-1])
                 continue
-            max_norm = unitwise_norm(p.detach()).clamp(min=eps) * clipping  # [out, 1, ...] or []
-            grad_norm = unitwise_norm(g)
+            max_norm = unitwise_norm(p.detach(), dtype).clamp(min=eps) * clipping  # [out, 1, ...] or []
             scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp(min=1e-6), 1.0)
             scales.append(scale)
-            grad_sq = grad_norm.double() ** 2
             dots.append((scale * grad_sq).sum().to(device))  # <G_i, s_i G_i> = s_i ||G_i||^2
             after_sq.append((scale**2 * grad_sq).sum().to(device))
             changed.append((scale < 1).sum().to(device))
-            units += scale.numel()
-        norm_after = torch.stack(after_sq).sum().sqrt()
         count = torch.stack(changed).sum() if changed else torch.zeros((), device=device)
-        stats = _stats(grads, norm_before, norm_after, torch.stack(dots).sum(), clipping, count, units,
-                       error_if_nonfinite, "agc_")
+        return torch.stack(after_sq).sum().sqrt(), torch.stack(dots).sum(), count
+
+    with torch.no_grad():
+        units = sum(g.shape[0] if g.dim() > 1 else 1 for p, g in zip(params, grads) if id(p) not in skipped)
+        stats, _ = _stats(grads, terms, clipping, units, error_if_nonfinite, "agc_")
         for g, scale in zip(grads, scales):
             if scale is not None:
                 g.mul_(scale.to(g.dtype))

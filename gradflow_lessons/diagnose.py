@@ -37,6 +37,7 @@ Thresholds are module constants; lesson 09 measures them on healthy and sick net
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import statistics
 import warnings
@@ -48,6 +49,7 @@ import torch
 from torch import nn
 
 from ._params import trainable_parameters
+from ._state import _tensors, batch_size, checked_loss, inspecting, usable
 from .monitor import SATURATING_KINDS, GradientMonitor
 
 GRADIENT_RATIO_MIN = 1e-3
@@ -176,16 +178,6 @@ def _kaiming_gain(layers: list[tuple[str, nn.Module]]) -> float:
         weight = next(p for p in module.parameters(recurse=False) if p.dim() >= 2).detach()
         gains.append(weight.double().std().item() / math.sqrt(2.0 / weight[0].numel()))
     return float(torch.tensor(gains).median()) if gains else math.nan
-
-
-def _tensors(value: object) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 @dataclass
@@ -367,6 +359,20 @@ def _apply_rules(case: _Case) -> None:
             return
 
 
+def _check_steppable(optimizer: torch.optim.Optimizer | None) -> None:
+    """Watching calls ``optimizer.step()`` without a closure; refuse optimizers that need one."""
+    try:
+        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    except (TypeError, ValueError):  # no signature to read: let the step itself tell
+        return
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ValueError(
+            f"{type(optimizer).__name__}.step() needs a closure (it re-evaluates the loss), which "
+            "diagnose's watched steps do not pass; watch with steps=0, or with an optimizer such as "
+            "SGD or Adam at the learning rate you would use"
+        )
+
+
 def _watch(model: nn.Module, loss_fn: Callable, inputs: object, targets: object,
            optimizer: torch.optim.Optimizer, steps: int) -> tuple[list[float], dict[str, list[float]]]:
     """Run ``steps`` optimizer steps on copies of ``model`` and ``optimizer`` (its state,
@@ -374,16 +380,14 @@ def _watch(model: nn.Module, loss_fn: Callable, inputs: object, targets: object,
     update-to-data ratios. Stops at the first NaN/Inf loss."""
     memo: dict[int, object] = {}
     clone = copy.deepcopy(model, memo)  # memo maps id(original parameter) -> its copy
-    groups = []
-    for group in optimizer.param_groups:
-        if any(id(p) not in memo for p in group["params"]):
-            raise ValueError("the optimizer updates tensors that are not parameters of the model; "
-                             "pass the optimizer built over model.parameters()")
-        groups.append({**group, "params": [memo[id(p)] for p in group["params"]]})
-    watched = type(optimizer)(groups)
-    watched.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # loading does not copy tensors
+    if any(id(p) not in memo for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError("the optimizer updates tensors that are not parameters of the model; "
+                         "pass the optimizer built over model.parameters()")
+    # Copied through the same memo, the optimizer's groups and state point at the clone's
+    # parameters; no constructor call, so any optimizer class works.
+    watched = copy.deepcopy(optimizer, memo)
     losses = []
-    with torch.enable_grad(), GradientMonitor(clone, watched, activations=False, detail_every=0) as monitor:
+    with GradientMonitor(clone, watched, activations=False, detail_every=0) as monitor:
         for _ in range(steps):
             watched.zero_grad(set_to_none=True)
             loss = loss_fn(clone(inputs), targets)
@@ -416,17 +420,22 @@ def diagnose(
     symptoms from it, each with the layers, the evidence and a fix.
 
     With ``optimizer`` and ``steps > 0``, also run ``steps`` training steps on the batch, on
-    a deep copy of the model and a copy of the optimizer (same class and ``param_groups``,
-    its state loaded), and report a too-high learning rate as ``exploding`` when the loss
+    a deep copy of the model and of the optimizer (its ``param_groups`` and state pointing at
+    the copy's parameters), and report a too-high learning rate as ``exploding`` when the loss
     becomes NaN/Inf, ends above ``LOSS_GROWTH_MAX`` times the first, or when at some step
     the median over weight layers of ``||W_after - W_before|| / ||W_after||`` is above
     ``UPDATE_RATIO_MAX`` (Karpathy, "A Recipe for Training Neural Networks", 2019: ~1e-3
     is healthy). Its evidence: ``loss_growth``, ``max_update_ratio`` (that median at its
     largest step), ``learning_rate`` (of the first param group), ``watched_steps``. The
-    optimizer's ``step()`` must work without a closure (not LBFGS).
+    optimizer is deep-copied (any class); its ``step()`` must work without a closure (not LBFGS).
 
-    The model's parameters and ``.grad`` and the optimizer's state are left as they were;
-    no hook outlives the call. Cost: one forward and backward pass; with ``steps > 0``, a
+    The model's parameters, ``.grad``, buffers (BatchNorm's running statistics), train/eval
+    flags, the optimizer's state and the global RNG are left as they were, also on a batch
+    with NaN; no hook outlives the call. A model in training mode is diagnosed as it trains
+    (Dropout active, BatchNorm on batch statistics). Works under ``torch.no_grad()`` and
+    ``torch.inference_mode()``, and in float16/bfloat16 (statistics in float32 or wider).
+
+    Cost: one forward and backward pass; with ``steps > 0``, a
     copy of the model and optimizer state, ``steps`` forward+backward passes and optimizer
     steps, and one forward. Use a representative batch (>= 64 examples): dead units are
     counted over the batch.
@@ -444,8 +453,10 @@ def diagnose(
         A ``Diagnosis``; ``findings`` is empty for a healthy model.
 
     Raises:
-        ValueError: the model has no trainable parameters; ``steps`` is negative or
-            positive without an ``optimizer``; the optimizer updates other tensors.
+        ValueError: the model has no trainable parameters (or is on the meta device); an
+            empty batch; ``loss_fn`` returns no scalar tensor with a graph; ``steps`` is
+            negative, or positive without an ``optimizer`` or with one whose ``step()``
+            needs a closure; the optimizer updates other tensors.
     """
     trainable_parameters(model)  # raises when there is nothing to diagnose
     if steps < 0:
@@ -457,29 +468,30 @@ def diagnose(
     if optimizer is not None and steps == 0:
         warnings.warn("diagnose ignores the optimizer when steps=0; pass e.g. steps=10 to watch "
                       "ten training steps with it", stacklevel=2)
-    params = [p for p in model.parameters() if p.requires_grad]
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    try:
-        with torch.enable_grad(), GradientMonitor(model) as monitor:
-            loss = loss_fn(model(inputs), targets)
+    batch_size(inputs, "diagnose")
+    if steps > 0:
+        _check_steppable(optimizer)
+    with inspecting(model):  # .grad, buffers, flags and the RNG are restored on the way out
+        inputs, targets = usable(inputs), usable(targets)
+        with GradientMonitor(model) as monitor:
+            loss = checked_loss(loss_fn(model(inputs), targets), "diagnose")
             loss.backward()
             monitor.record()
-    finally:
-        for p, g in zip(params, saved):
-            p.grad = g
+        diagnosis = _diagnosis(model, loss.item(), monitor)
+        _apply_rules(_Case(model, loss_fn, inputs, targets, optimizer, steps, diagnosis.loss, monitor,
+                           diagnosis, _weight_layers(model)))
+    return diagnosis
 
+
+def _diagnosis(model: nn.Module, loss: float, monitor: GradientMonitor) -> Diagnosis:
+    """The per-layer numbers of the monitored step, before any rule has looked at them."""
     layers = _weight_layers(model)
     rms = {r.layer: r.grad_norm / math.sqrt(r.numel) for r in monitor.history}
     stds = {a.layer: a.std for a in monitor.activations}
-    diagnosis = Diagnosis(
-        [], loss.item(),
+    return Diagnosis(
+        [], loss,
         {n: rms[n] for n, _ in layers if n in rms},
         {n: stds[n] for n, _ in layers if n in stds},
         {a.layer: a.dead_fraction for a in monitor.activations if a.dead_fraction is not None},
         {a.layer: a.saturated_fraction for a in monitor.activations if a.saturated_fraction is not None},
     )
-    _apply_rules(_Case(model, loss_fn, inputs, targets, optimizer, steps, diagnosis.loss, monitor,
-                       diagnosis, layers))
-    return diagnosis

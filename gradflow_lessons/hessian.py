@@ -39,8 +39,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._params import module_of, trainable_parameters
+from ._state import batch_size, checked_loss, inspecting, refuse_train_mode, usable
 from .krylov import (
     EigenResult,
     MatVec,
@@ -73,13 +75,19 @@ class HessianOperator:
         params: names of the parameters to differentiate (default: every trainable one);
             the Hessian is then the block for those parameters, the others held fixed.
         dtype: e.g. ``torch.float64`` to work on a float64 copy of the model.
+        allow_train_mode: measure a model with Dropout/BatchNorm in training mode (one
+            dropout mask, batch statistics) instead of refusing it.
 
     Vectors are flat ``[P]`` in the order of ``names`` (``unflatten`` splits one up).
-    Cost: see the module docstring; ``n_hvp`` counts the products made.
+    Building the operator runs the forward pass once; the model's ``.grad``, buffers,
+    train/eval flags and the global RNG are left as they were. Works under
+    ``torch.no_grad()`` too. Cost: see the module docstring; ``n_hvp`` counts the products.
 
     Raises:
-        ValueError: no trainable parameters, a non-scalar or non-finite loss, a non-finite
-            gradient, and (from ``matvec``) a non-finite Hessian-vector product.
+        ValueError: no trainable parameters, an empty batch, Dropout/BatchNorm in training
+            mode (unless ``allow_train_mode``), a loss that is not a scalar tensor with a
+            graph, a non-finite loss or gradient, and (from ``matvec``) a non-finite
+            Hessian-vector product.
     """
 
     def __init__(
@@ -90,23 +98,28 @@ class HessianOperator:
         targets: torch.Tensor,
         params: Iterable[str] | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        allow_train_mode: bool = False,
     ) -> None:
-        if dtype is not None and any(p.dtype != dtype for p in model.parameters()):
-            model = copy.deepcopy(model).to(dtype)
-        inputs, targets = _cast(inputs, dtype), _cast(targets, dtype)
-        named = trainable_parameters(model, params)
-        self.names = list(named)
-        self.shapes = [p.shape for p in named.values()]
-        self._params = list(named.values())
-        self.dim = sum(p.numel() for p in self._params)
-        self.dtype, self.device = self._params[0].dtype, self._params[0].device
-        loss = loss_fn(model(inputs), targets)
-        if loss.numel() != 1:
-            raise ValueError(f"loss_fn must return a scalar (e.g. the batch mean), got {list(loss.shape)}")
-        if not torch.isfinite(loss):
-            raise ValueError("the loss is NaN/Inf: the Hessian is undefined. Check inputs and targets for "
-                             "NaN/Inf, or lower the learning rate that brought the model here.")
-        grads = torch.autograd.grad(loss.reshape(()), self._params, create_graph=True, allow_unused=True)
+        trainable_parameters(model, params)  # the errors, before any work
+        refuse_train_mode(model, allow_train_mode, "the Hessian tools")
+        batch_size(inputs, "the Hessian tools")
+        with inspecting(model):
+            inputs, targets = usable(_cast(inputs, dtype)), usable(_cast(targets, dtype))
+            if dtype is not None and any(p.dtype != dtype for p in model.parameters()):
+                model = copy.deepcopy(model).to(dtype)
+            named = trainable_parameters(model, params)
+            self.names = list(named)
+            self.shapes = [p.shape for p in named.values()]
+            self._params = list(named.values())
+            self.dim = sum(p.numel() for p in self._params)
+            self.dtype, self.device = self._params[0].dtype, self._params[0].device
+            with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
+                loss = checked_loss(loss_fn(model(inputs), targets), "the Hessian tools")
+            if not torch.isfinite(loss):
+                raise ValueError("the loss is NaN/Inf: the Hessian is undefined. Check inputs and targets "
+                                 "for NaN/Inf, or lower the learning rate that brought the model here.")
+            grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
         self._grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
         self.loss = loss.item()
         self.gradient = torch.cat([g.detach().reshape(-1) for g in self._grads])  # [P]
@@ -163,14 +176,16 @@ class HessianOperator:
 
 
 def hessian_vector_product(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-                           vector: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+                           vector: torch.Tensor, dtype: torch.dtype | None = None,
+                           *, allow_train_mode: bool = False) -> torch.Tensor:
     """``H v`` [P] once; for many products build a ``HessianOperator`` and keep it."""
-    return HessianOperator(model, loss_fn, inputs, targets, dtype=dtype).matvec(vector).detach().cpu()
+    op = HessianOperator(model, loss_fn, inputs, targets, dtype=dtype, allow_train_mode=allow_train_mode)
+    return op.matvec(vector).detach().cpu()
 
 
 def exact_hessian(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
                   params: Iterable[str] | None = None, dtype: torch.dtype | None = None,
-                  max_params: int = 10_000) -> torch.Tensor:
+                  max_params: int = 10_000, *, allow_train_mode: bool = False) -> torch.Tensor:
     """The full Hessian ``[P, P]`` from ``P`` Hessian-vector products with the unit vectors.
 
     Cost: ``P`` products, memory ``P^2``; for checking on small models only.
@@ -178,7 +193,7 @@ def exact_hessian(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targe
     Raises:
         ValueError: ``P > max_params`` (raise ``max_params`` if you mean it).
     """
-    op = HessianOperator(model, loss_fn, inputs, targets, params, dtype)
+    op = HessianOperator(model, loss_fn, inputs, targets, params, dtype, allow_train_mode=allow_train_mode)
     if op.dim > max_params:
         raise ValueError(f"the model has {op.dim} parameters: a {op.dim}^2 Hessian is too big to form. Use "
                          f"top_eigenvalues / hessian_trace, or pass max_params={op.dim} if you mean it.")
@@ -189,7 +204,7 @@ def exact_hessian(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targe
 def top_eigenvalues(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
                     k: int = 1, tol: float = 1e-4, negative: bool = True, max_hvp: int | None = None,
                     params: Iterable[str] | None = None, dtype: torch.dtype | None = None, seed: int = 0,
-                    start: torch.Tensor | None = None) -> EigenResult:
+                    start: torch.Tensor | None = None, *, allow_train_mode: bool = False) -> EigenResult:
     """The k algebraically largest Hessian eigenvalues and their eigenvectors, by Lanczos.
 
     ``lambda_1 >= ... >= lambda_k`` of ``H = d^2 loss / d theta^2`` (``lambda_1`` is the
@@ -197,7 +212,8 @@ def top_eigenvalues(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, tar
     Gradient descent with learning rate ``lr`` is stable only if ``lr * lambda_1 < 2``.
 
     Args:
-        model, loss_fn, inputs, targets, params, dtype: as for ``HessianOperator``.
+        model, loss_fn, inputs, targets, params, dtype, allow_train_mode: as for
+            ``HessianOperator``.
         k: number of eigenvalues, at most the number of parameters P.
         tol: stop when each wanted residual ``||H v - lambda v|| <= tol * |lambda_1|``.
         negative: also converge the smallest (most negative) eigenvalue.
@@ -212,13 +228,14 @@ def top_eigenvalues(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, tar
     Raises:
         ValueError: k outside 1..P, and everything ``HessianOperator`` raises.
     """
-    op = HessianOperator(model, loss_fn, inputs, targets, params, dtype)
+    op = HessianOperator(model, loss_fn, inputs, targets, params, dtype, allow_train_mode=allow_train_mode)
     return lanczos_eigenvalues(op.matvec, op.dim, k, tol, negative, max_hvp, seed, start, op.device, op.dtype)
 
 
 def block_eigenvalues(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
                       k: int = 1, tol: float = 1e-4, blocks: dict[str, list[str]] | None = None,
-                      dtype: torch.dtype | None = None, seed: int = 0) -> dict[str, EigenResult]:
+                      dtype: torch.dtype | None = None, seed: int = 0,
+                      *, allow_train_mode: bool = False) -> dict[str, EigenResult]:
     """Top eigenvalues of each diagonal block ``H_bb`` (one layer's parameters, others fixed).
 
     Args:
@@ -235,7 +252,7 @@ def block_eigenvalues(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, t
             blocks.setdefault(module_of(name), []).append(name)
     out = {}
     for block, names in blocks.items():
-        op = HessianOperator(model, loss_fn, inputs, targets, names, dtype)
+        op = HessianOperator(model, loss_fn, inputs, targets, names, dtype, allow_train_mode=allow_train_mode)
         out[block] = lanczos_eigenvalues(op.matvec, op.dim, min(k, op.dim), tol, True, None, seed,
                                          None, op.device, op.dtype)
     return out
@@ -247,7 +264,8 @@ def block_eigenvalues(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, t
 def hessian_trace(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
                   rtol: float = 0.01, atol: float = 0.0, deflate: int = 10, min_probes: int = 10,
                   max_probes: int = 1000, params: Iterable[str] | None = None,
-                  dtype: torch.dtype | None = None, seed: int = 0) -> TraceResult:
+                  dtype: torch.dtype | None = None, seed: int = 0,
+                  *, allow_train_mode: bool = False) -> TraceResult:
     """``tr H`` by Hutchinson's estimator with Rademacher probes (Hutchinson 1989).
 
     ``tr H = E[z^T H z]``; the first ``deflate`` Lanczos steps take the outlier eigenvalues'
@@ -264,18 +282,19 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targe
         ValueError: ``min_probes < 2`` (no standard error from one sample), and everything
             ``HessianOperator`` raises.
     """
-    op = HessianOperator(model, loss_fn, inputs, targets, params, dtype)
+    op = HessianOperator(model, loss_fn, inputs, targets, params, dtype, allow_train_mode=allow_train_mode)
     return hutchinson_trace(op.matvec, op.dim, rtol, atol, deflate, min_probes, max_probes, seed,
                             op.device, op.dtype)
 
 
 def spectral_density(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
                      n_probes: int = 10, n_iter: int = 60, params: Iterable[str] | None = None,
-                     dtype: torch.dtype | None = None, seed: int = 0) -> SpectralDensity:
+                     dtype: torch.dtype | None = None, seed: int = 0,
+                     *, allow_train_mode: bool = False) -> SpectralDensity:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     Outliers appear as isolated nodes, the bulk as a mass near 0. Cost: ``n_probes *
     n_iter`` products; see ``stochastic_lanczos_quadrature``.
     """
-    op = HessianOperator(model, loss_fn, inputs, targets, params, dtype)
+    op = HessianOperator(model, loss_fn, inputs, targets, params, dtype, allow_train_mode=allow_train_mode)
     return stochastic_lanczos_quadrature(op.matvec, op.dim, n_probes, n_iter, seed, op.device, op.dtype)

@@ -32,6 +32,17 @@ def _random_unit(dim: int, generator: torch.Generator, like: torch.Tensor, radem
     return z / z.norm()
 
 
+def _start_vector(start: torch.Tensor, dim: int, device: torch.device | str,
+                  dtype: torch.dtype) -> torch.Tensor:
+    q0 = torch.as_tensor(start).to(device, dtype).reshape(-1)
+    if q0.numel() != dim:
+        raise ValueError(f"the start vector has {q0.numel()} entries; it needs P={dim} (one per parameter)")
+    if not (torch.isfinite(q0).all() and q0.abs().max() > 0):
+        raise ValueError("the start vector is zero or has NaN/Inf entries: a Krylov space needs a finite, "
+                         "non-zero start; pass start=None for a random one")
+    return q0
+
+
 def _lanczos(matvec: MatVec, start: torch.Tensor, max_iter: int, generator: torch.Generator,
              done: Callable[[np.ndarray, np.ndarray, float], bool] | None = None, restart: bool = True):
     """Lanczos with full reorthogonalisation (twice, "twice is enough").
@@ -133,10 +144,15 @@ def lanczos_eigenvalues(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-4,
     if not 1 <= k <= dim:
         raise ValueError(f"k={k} must be between 1 and the number of parameters P={dim}; ask for fewer "
                          "eigenvalues, or use exact_hessian for all of them on a small model.")
-    max_iter = min(dim, max_iter or max(300, 20 * k))
+    if max_iter is not None and max_iter < 1:
+        raise ValueError(f"max_iter (max_hvp of top_eigenvalues) is {max_iter}; pass at least 1 product, "
+                         "or None for the default min(P, max(300, 20 k))")
+    if not tol > 0:
+        raise ValueError(f"tol must be positive (a residual relative to the largest eigenvalue), got {tol}")
+    max_iter = min(dim, max_iter if max_iter is not None else max(300, 20 * k))
     gen = torch.Generator().manual_seed(seed)
     like = torch.empty(0, device=device, dtype=dtype)
-    q0 = _random_unit(dim, gen, like) if start is None else start.to(device, dtype).reshape(-1)
+    q0 = _random_unit(dim, gen, like) if start is None else _start_vector(start, dim, device, dtype)
 
     def done(a, b, beta_next):
         if len(a) < min(dim, k + negative):
@@ -202,6 +218,8 @@ def hutchinson_trace(matvec: MatVec, dim: int, rtol: float = 0.01, atol: float =
     """
     if not 2 <= min_probes <= max_probes:
         raise ValueError(f"need 2 <= min_probes <= max_probes, got {min_probes} and {max_probes}")
+    if deflate < 0:
+        raise ValueError(f"deflate={deflate} is negative; pass 0 for plain Hutchinson, or e.g. 10")
     gen = torch.Generator().manual_seed(seed)
     exact, Q, n_hvp = 0.0, None, 0
     if deflate > 0:
@@ -259,6 +277,9 @@ def stochastic_lanczos_quadrature(matvec: MatVec, dim: int, n_probes: int = 10, 
     probes, this estimates ``(1/P) sum_i delta(x - lambda_i)``. Cost: ``n_probes * n_iter``
     products.
     """
+    if n_probes < 1 or n_iter < 1:
+        raise ValueError(f"need n_probes >= 1 and n_iter >= 1 (Lanczos steps per probe), got "
+                         f"n_probes={n_probes} and n_iter={n_iter}; 10 probes of 60 steps are common")
     gen = torch.Generator().manual_seed(seed)
     like = torch.empty(0, device=device, dtype=dtype)
     nodes, weights, n_hvp = [], [], 0

@@ -28,6 +28,12 @@ What is tracked (``monitor.history``, ``.activations``, ``.histograms``):
   NaN/Inf left out) and output values, at most ``histogram_samples`` entries per layer
   (a fixed random subset), values beyond the range in the end bins.
 
+Statistics are accumulated in float32 or wider whatever the model's dtype (float16
+sums of squares overflow at 65,504), and a norm that float32 cannot hold (entries near
+1e-26 or 1e25) is redone in float64. Forwards run by a tool inside the monitor's block
+(``diagnose``, the Hessian and noise tools) or inside ``torch.func`` transforms are not
+counted: tools compose.
+
 Memory is bounded by a rolling window: the last ``max_steps`` recorded steps are kept
 (``dropped_steps`` counts the others). A module reachable under two names is reported
 once, under its first; its activation statistics pool all its calls.
@@ -36,6 +42,7 @@ once, under its first; its activation statistics pool all its calls.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -43,8 +50,10 @@ from functools import partial
 import numpy as np
 import torch
 from torch import nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 
-from ._params import trainable_parameters
+from ._params import exact_norm, norms, trainable_parameters, wide
+from ._state import inspection_depth
 
 DEAD_KINDS = (nn.ReLU, nn.ReLU6)
 SATURATING_KINDS = (nn.Tanh, nn.Sigmoid)
@@ -225,6 +234,9 @@ class GradientMonitor:
             for _, m in self._hooked
         ]
         self._steps: deque[_Step] = deque()
+        self._step_numbers: set[int] = set()
+        self._last_seen: list[tuple[weakref.ref, int]] = []  # the gradients of the last record
+        self._depth = 0
         self._handles: list = []
         self._active = False
         self._records_made = 0
@@ -242,6 +254,7 @@ class GradientMonitor:
                 "`with monitor:` block, or create a second GradientMonitor"
             )
         self._active = True
+        self._depth = inspection_depth()  # forwards of tools run inside this block are not ours
         for index, (_, module) in enumerate(self._hooked):
             self._handles.append(module.register_forward_hook(partial(self._forward_hook, index)))
         if self.optimizer is not None:
@@ -272,8 +285,10 @@ class GradientMonitor:
         out = output[0] if isinstance(output, (tuple, list)) and output else output
         if not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
             return  # evaluation forwards (no backward follows) and non-tensor outputs
-        if not out.is_floating_point() or out.numel() == 0:
-            return
+        if not out.is_floating_point() or out.numel() == 0 or inspection_depth() > self._depth:
+            return  # a tool (diagnose, noise, hessian) inspecting the model inside our block
+        if is_functorch_wrapped_tensor(out):
+            return  # inside torch.func.vmap/grad: the tensor must not escape the transform
         out = out.detach()
         flat = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(1, -1)  # [N, units]
         zero = flat.new_zeros(())
@@ -282,8 +297,8 @@ class GradientMonitor:
         if isinstance(module, SATURATING_KINDS):
             centred = flat if isinstance(module, nn.Tanh) else 2 * flat - 1  # both in [-1, 1]
             saturated = torch.count_nonzero(centred.abs() >= 0.99)
-        sums = torch.stack([flat.sum(), torch.linalg.vector_norm(flat) ** 2,
-                            dead.to(flat.dtype), saturated.to(flat.dtype)]).double()
+        sums = torch.stack([flat.sum(dtype=wide(flat.dtype)), norms([flat])[0] ** 2,  # float16: in float32
+                            dead.to(wide(flat.dtype)), saturated.to(wide(flat.dtype))]).double()
         previous = self._act_sums[index]  # stays on the device: no host sync in the hook
         self._act_sums[index] = sums if previous is None else previous + sums
         counts = self._act_counts[index]
@@ -321,16 +336,16 @@ class GradientMonitor:
             return
         now = [p.detach() for p in self._params]
         torch._foreach_sub_(self._before, now)  # the buffer now holds -(W_after - W_before)
-        norms = torch.stack([torch.stack(torch._foreach_norm(self._before)),
-                             torch.stack(torch._foreach_norm(now))], 1)  # [P, 2]
-        self._unresolved.append((self._awaiting, norms))
+        pairs = torch.stack([torch.stack(norms(self._before)).double(),
+                             torch.stack(norms(now)).double()], 1)  # [P, 2]
+        self._unresolved.append((self._awaiting, pairs))
         self._awaiting = None
 
     def _resolve(self, norms_on_cpu: list[torch.Tensor]) -> None:
         """Fill ``update_ratio`` of waiting records from their [P, 2] (|dW|, |W|)."""
-        for (records, _), norms in zip(self._unresolved, norms_on_cpu):
+        for (records, _), pairs in zip(self._unresolved, norms_on_cpu):
             squares = np.zeros((len(self.layers), 2))
-            np.add.at(squares, self._owner, norms.numpy() ** 2)
+            np.add.at(squares, self._owner, pairs.numpy() ** 2)
             ratio = {name: math.sqrt(d / w) if w > 0 else math.inf  # NaN stays NaN
                      for name, (d, w) in zip(self.layers, squares.tolist())}
             for record in records:
@@ -350,10 +365,11 @@ class GradientMonitor:
 
         Raises:
             RuntimeError: the monitor is not attached, or no parameter has a gradient yet.
+            ValueError: no backward since the last record (one record per backward: a
+                second would be a phantom step), or ``step`` is already recorded.
         """
         present, grads = self._gradients_now()
-        if step is None:
-            step = self._steps[-1].gradients[0].step + 1 if self._steps else 0
+        step = self._step_number(step)
         detail = self._due(self.detail_every)
         per_param = self._reduce_gradients(grads, detail)
         grad_hist = self._gradient_histograms(present, grads) if self._due(self.histogram_every) else []
@@ -376,6 +392,16 @@ class GradientMonitor:
         self._store(_Step(records, activations, histograms))
         return records
 
+    def _step_number(self, step: int | None) -> int:
+        if step is None:
+            return self._steps[-1].gradients[0].step + 1 if self._steps else 0
+        if step in self._step_numbers:
+            raise ValueError(
+                f"step {step} is already recorded; each record() needs its own step number (leave "
+                "step=None to count 0, 1, 2, ...), or call monitor.record() once per step"
+            )
+        return step
+
     def _gradients_now(self) -> tuple[list[int], list[torch.Tensor]]:
         """Indices of the trainable parameters that have a ``.grad``, and those (dense) gradients."""
         if not self._active:
@@ -390,16 +416,25 @@ class GradientMonitor:
                 "loss.backward() before monitor.record()"
             )
         grads = [self._params[i].grad for i in present]
+        seen = [(weakref.ref(g), g._version) for g in grads]  # the same tensors, unchanged: no backward
+        last = self._last_seen
+        if len(seen) == len(last) and all(a() is b() and va == vb for (a, va), (b, vb) in zip(seen, last)):
+            raise ValueError(
+                "record() was called twice after one backward(): a record is one training step, so "
+                "the second would be a phantom step (and the first would lose its update ratio). Call "
+                "record() once per loss.backward(), before optimizer.step()"
+            )
+        self._last_seen = seen
         return present, [g.to_dense() if g.is_sparse else g for g in grads]
 
     @staticmethod
     def _reduce_gradients(grads: list[torch.Tensor], detail: bool) -> torch.Tensor:
         """Per parameter, on the device, no sync: the L2 norm, and on detail steps the L1
         norm, min, max and count of non-zeros; [1 or 5, P]."""
-        per_param = list(torch._foreach_norm(grads))
+        per_param = norms(grads)  # accumulated in float32 or wider, checked on the host
         if detail:
             extremes = [torch.aminmax(g) for g in grads]
-            per_param += [g.abs().sum() for g in grads] + [e.min for e in extremes]
+            per_param += [g.abs().sum(dtype=wide(g.dtype)) for g in grads] + [e.min for e in extremes]
             per_param += [e.max for e in extremes] + [torch.count_nonzero(g) for g in grads]
         if len({g.device for g in grads}) > 1:  # a model split over devices: gather first
             per_param = [t.cpu() for t in per_param]
@@ -420,6 +455,7 @@ class GradientMonitor:
                           per_param: torch.Tensor, detail: bool) -> list[GradientRecord]:
         """One record per layer with gradients, from the per-parameter reductions on the CPU."""
         l2, *more = per_param.tolist()
+        l2 = [exact_norm([g], value) for g, value in zip(grads, l2)]  # float32 lost it: redo in float64
         l1, low, high, nonzero = more if detail else (None, None, None, None)
         nonfinite = [0] * len(present)
         bad = [k for k in range(len(present)) if not math.isfinite(l2[k])]
@@ -466,8 +502,9 @@ class GradientMonitor:
     def _store(self, step: _Step) -> None:
         """Keep ``step`` in the rolling window and get ready for the next one."""
         self._steps.append(step)
+        self._step_numbers.add(step.gradients[0].step)
         if len(self._steps) > self.max_steps:
-            self._steps.popleft()
+            self._step_numbers.discard(self._steps.popleft().gradients[0].step)
             self.dropped_steps += 1
         self._records_made += 1
         self._awaiting = step.gradients if self.optimizer is not None else None

@@ -25,6 +25,7 @@ Every ``loss_fn(outputs, targets)`` must return the *mean* of per-sample losses,
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -76,8 +77,11 @@ class LayerNoise:
 class GradientNoiseScale:
     """``b_simple = trace_cov / grad_sq_norm`` (McCandlish et al. 2018), per model and per layer.
 
-    The estimate of ``|G|^2`` is unbiased but noisy: it can be negative on a small batch
-    (then ``b_simple`` is negative too). Average across steps (``NoiseScaleEMA``) or take a larger batch.
+    The estimate of ``|G|^2`` is unbiased but noisy: on a small batch it can be zero or
+    negative. Then ``signal_below_noise`` is True and ``b_simple`` is ``math.inf``: the noise
+    dominates the signal at this batch size, and the critical batch size is beyond what this
+    batch can resolve. ``grad_sq_norm`` keeps the raw (negative) estimate, so that averages
+    over steps (``NoiseScaleEMA``) stay unbiased; take a larger batch, or average.
     """
 
     b_simple: float
@@ -86,6 +90,7 @@ class GradientNoiseScale:
     batch_size: int
     method: str
     layers: dict[str, LayerNoise]
+    signal_below_noise: bool = False
 
 
 def _unbiased(sum_sq: float, mean_sq: float, n: int) -> tuple[float, float]:
@@ -100,40 +105,67 @@ def gradient_noise_scale(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     method: str = "auto",
+    *,
+    allow_train_mode: bool = False,
 ) -> GradientNoiseScale:
     """The simple gradient noise scale ``B_simple = tr(Sigma) / |G|^2`` on one batch.
 
     Unbiased estimates from the N per-sample gradients (McCandlish et al. 2018, app. A):
-    ``tr(Sigma) = sum_i |g_i - gbar|^2 / (N - 1)`` and ``|G|^2 = |gbar|^2 - tr(Sigma) / N``.
+    ``tr(Sigma) = sum_i |g_i - gbar|^2 / (N - 1)`` and ``|G|^2 = |gbar|^2 - tr(Sigma) / N``,
+    accumulated in float64 whatever the model's dtype.
 
     Args:
-        model, loss_fn, inputs [N, ...], targets [N, ...]: ``loss_fn`` returns the mean loss.
-        method: ``"hooks"`` (Linear/Conv only, ~1 forward+backward), ``"vmap"`` (any model,
-            memory N x |theta|), or ``"auto"`` (hooks when every trainable layer allows it).
+        model, loss_fn, inputs [N, ...], targets [N, ...]: ``loss_fn`` returns the mean loss
+            (or the sum: the hooks path detects it, the others do not depend on it).
+        method: ``"hooks"`` (Linear/Conv only, ~1 forward+backward), ``"vmap"`` (any model
+            vmap can batch, memory N x |theta|), ``"loop"`` (any model, N backward passes),
+            or ``"auto"`` (hooks when every trainable layer allows it, else vmap).
+        allow_train_mode: measure a model with Dropout in training mode instead of refusing it.
 
     Returns:
-        A ``GradientNoiseScale`` of Python floats. ``.grad`` is left untouched.
+        A ``GradientNoiseScale`` of Python floats. ``.grad``, buffers, train/eval flags and
+        the global RNG are left as they were.
 
     Raises:
         ValueError: no trainable parameters, a batch of fewer than 2, NaN/Inf gradients,
-            BatchNorm in training mode, or ``method="hooks"`` on a layer it cannot handle.
+            BatchNorm in training mode, Dropout in training mode (unless
+            ``allow_train_mode``), or ``method="hooks"`` on a layer it cannot handle.
+
+    Warns:
+        RuntimeWarning: the estimate of ``|G|^2`` is not positive (``signal_below_noise``).
     """
-    if method not in ("auto", "hooks", "vmap"):
-        raise ValueError(f"unknown method {method!r}; choose 'auto', 'hooks' or 'vmap'")
+    result = _estimate(model, loss_fn, inputs, targets, method, allow_train_mode)
+    if result.signal_below_noise:
+        warnings.warn(
+            f"gradient_noise_scale: the unbiased estimate of |G|^2 is {result.grad_sq_norm:.3g} on this "
+            f"batch of {result.batch_size}: the gradient noise (tr Sigma = {result.trace_cov:.3g}) "
+            "dominates the signal at this batch size, so b_simple is inf (the critical batch size is "
+            "beyond what this batch can resolve). Use a larger batch, or average grad_sq_norm and "
+            "trace_cov over steps (NoiseScaleEMA) before taking their ratio.",
+            RuntimeWarning, stacklevel=2,
+        )
+    return result
+
+
+def _estimate(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+              method: str, allow_train_mode: bool) -> GradientNoiseScale:
+    if method not in ("auto", "hooks", "vmap", "loop"):
+        raise ValueError(f"unknown method {method!r}; choose 'auto', 'hooks', 'vmap' or 'loop'")
     n = check_batch(model, inputs, targets)
     if method == "auto":
         method = "hooks" if hookable_layers(model, trainable_parameters(model)) is not None else "vmap"
     if method == "hooks":
-        sq, mean_sq, _ = hook_statistics(model, loss_fn, inputs, targets)
+        sq, mean_sq, _ = hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode)
         sums = {k: v.sum() for k, v in sq.items()}
     else:
-        grads = per_sample_gradients(model, loss_fn, inputs, targets)
+        grads = per_sample_gradients(model, loss_fn, inputs, targets, method=method,
+                                     allow_train_mode=allow_train_mode)
         sums, mean_sq = {}, {}
         for name, g in grads.items():  # sum_i |g_i - gbar|^2 directly: no cancellation
-            g = g.reshape(n, -1)
+            g = g.reshape(n, -1).double()  # float64: float16 squares overflow at 256
             mean = g.mean(0)
-            msq, k = mean.double().square().sum(), module_of(name)
-            sums[k] = sums.get(k, 0.0) + (g - mean).square().sum().double() + n * msq
+            msq, k = mean.square().sum(), module_of(name)
+            sums[k] = sums.get(k, 0.0) + (g - mean).square().sum() + n * msq
             mean_sq[k] = mean_sq.get(k, 0.0) + msq
     values = torch.stack([torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(mean_sq[k])]) for k in sums])
     values = values.cpu().tolist()  # one host sync
@@ -143,19 +175,21 @@ def gradient_noise_scale(
             raise _nonfinite(f"layer {k}")
         layers[k] = LayerNoise(*_unbiased(sum_sq, msq, n))
     g2, trace = _unbiased(sum(v[0] for v in values), sum(v[1] for v in values), n)
-    b_simple = trace / g2 if g2 != 0 else math.inf
-    return GradientNoiseScale(b_simple, g2, trace, n, method, layers)
+    below = g2 <= 0
+    return GradientNoiseScale(math.inf if below else trace / g2, g2, trace, n, method, layers, below)
 
 
 def gradient_snr(
-    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, method: str = "auto"
+    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, method: str = "auto",
+    *, allow_train_mode: bool = False,
 ) -> dict[str, float]:
     """Per-layer gradient signal-to-noise ratio ``|G_l|^2 / tr(Sigma_l)`` of one sample's gradient.
 
     A layer with SNR s needs batches of about 1/s samples before its mean gradient
-    points where the full-data gradient does. Same estimates and costs as ``gradient_noise_scale``.
+    points where the full-data gradient does (a negative SNR: the layer's signal is below
+    its noise at this batch size). Same estimates and costs as ``gradient_noise_scale``.
     """
-    result = gradient_noise_scale(model, loss_fn, inputs, targets, method)
+    result = _estimate(model, loss_fn, inputs, targets, method, allow_train_mode)
     return {name: layer.snr for name, layer in result.layers.items()}
 
 
@@ -181,6 +215,8 @@ def gradient_covariance(
     targets: torch.Tensor,
     params: Iterable[str] | None = None,
     max_dim: int = 4096,
+    *,
+    allow_train_mode: bool = False,
 ) -> GradientCovariance:
     """Covariance of per-sample gradients ``Sigma = sum_i (g_i - gbar)(g_i - gbar)^T / (N - 1)``.
 
@@ -193,7 +229,7 @@ def gradient_covariance(
         A ``GradientCovariance`` of float64 CPU tensors.
     """
     n = check_batch(model, inputs, targets)
-    grads = per_sample_gradients(model, loss_fn, inputs, targets, params)
+    grads = per_sample_gradients(model, loss_fn, inputs, targets, params, allow_train_mode=allow_train_mode)
     flat = torch.cat([g.reshape(n, -1) for g in grads.values()], 1).double().cpu()  # [N, P]
     if flat.shape[1] > max_dim:
         raise ValueError(

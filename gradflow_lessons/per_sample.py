@@ -17,6 +17,7 @@ gradient covariance and the noise scale on these.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ._params import module_of, trainable_parameters
+from ._state import checked_loss, inspecting, refuse_train_mode, usable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HOOK_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -40,7 +42,7 @@ def check_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, l
             f"a batch of {n} sample(s) cannot give an unbiased noise estimate: tr(Sigma) divides by "
             "N - 1. Pass at least 2 samples (tens to hundreds for a useful estimate), or average "
             "batch-size-1 gradients across steps with two_batch_estimate and NoiseScaleEMA."
-        )
+        ) if least > 1 else ValueError("the batch is empty (0 samples): pass at least one example")
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
             raise ValueError(
@@ -57,33 +59,75 @@ def per_sample_gradients(
     targets: torch.Tensor,
     params: Iterable[str] | None = None,
     chunk_size: int | None = None,
+    *,
+    method: str = "vmap",
+    allow_train_mode: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Gradient of each sample's loss, for every trainable parameter (or ``params``).
 
     ``g_i = d loss_fn(model(x_i), y_i) / d theta``, vectorised with
-    ``vmap(grad(functional_call))``: one batched backward pass, memory N x |theta|.
+    ``vmap(grad(functional_call))``: one batched backward pass, memory N x |theta|; or with
+    ``method="loop"`` one backward pass per sample (N times slower; for models vmap cannot
+    batch, such as ``nn.GRU``). A parameter the loss does not use gets zero gradients.
 
     Args:
         model, loss_fn, inputs [N, ...], targets [N, ...]: as everywhere in the course.
         params: parameter names to differentiate (default: all trainable ones).
         chunk_size: samples per vmap chunk, to bound memory.
+        method: ``"vmap"`` or ``"loop"``.
+        allow_train_mode: measure a model with Dropout in training mode (each sample draws
+            its own mask) instead of refusing it.
 
     Returns:
-        ``{name: [N, *param.shape]}``, detached, on the parameters' device.
+        ``{name: [N, *param.shape]}``, detached, on the parameters' device. The model's
+        ``.grad``, buffers, flags and the global RNG are left as they were.
 
     Raises:
-        ValueError: no trainable parameters, unknown names, BatchNorm in training mode.
+        ValueError: no trainable parameters, unknown names, BatchNorm in training mode,
+            Dropout in training mode (unless ``allow_train_mode``), a model vmap cannot batch.
     """
-    chosen = {k: p.detach() for k, p in trainable_parameters(model, params).items()}
+    if method not in ("vmap", "loop"):
+        raise ValueError(f"unknown method {method!r}; choose 'vmap' or 'loop'")
+    tool = "per_sample_gradients"
+    chosen = trainable_parameters(model, params)
+    refuse_train_mode(model, allow_train_mode, tool)
     check_batch(model, inputs, targets, least=1)
-    rest = {k: p.detach() for k, p in model.named_parameters() if k not in chosen}
-    buffers = dict(model.named_buffers())
+    with inspecting(model):
+        inputs, targets = usable(inputs), usable(targets)
+        if method == "loop":
+            return _looped_gradients(model, loss_fn, inputs, targets, chosen)
+        fixed = {k: p.detach() for k, p in chosen.items()}
+        rest = {k: p.detach() for k, p in model.named_parameters() if k not in chosen}
+        buffers = dict(model.named_buffers())
 
-    def sample_loss(theta: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (theta, rest, buffers), (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
+        def sample_loss(theta: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = functional_call(model, (theta, rest, buffers), (x.unsqueeze(0),))
+            loss = loss_fn(out, y.unsqueeze(0))
+            if not isinstance(loss, torch.Tensor):
+                checked_loss(loss, tool)  # raises, naming the fix
+            return loss
 
-    return vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(chosen, inputs, targets)
+        batched = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size,
+                       randomness="different" if allow_train_mode else "error")
+        try:
+            return batched(fixed, inputs, targets)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{tool}: torch.func.vmap cannot batch this model or loss ({type(model).__name__}; "
+                f"torch says: {str(error).splitlines()[0][:200]}). Use method='loop' (one backward "
+                "per sample), and check that loss_fn calls no .item() and has no data-dependent `if`"
+            ) from error
+
+
+def _looped_gradients(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+                      chosen: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """``{name: [N, *shape]}`` with one backward pass per sample."""
+    rows = []
+    for x, y in zip(inputs, targets):
+        loss = checked_loss(loss_fn(model(x.unsqueeze(0)), y.unsqueeze(0)), "per_sample_gradients")
+        grads = torch.autograd.grad(loss, list(chosen.values()), allow_unused=True)
+        rows.append([torch.zeros_like(p) if g is None else g for p, g in zip(chosen.values(), grads)])
+    return {name: torch.stack([row[j] for row in rows]).detach() for j, name in enumerate(chosen)}
 
 
 def _unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -101,8 +145,8 @@ def _unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_sq_norms(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Per-sample |dW_i|^2 + |db_i|^2 [N] of one layer from its input a and output gradient d."""
-    n = a.shape[0]
+    """Per-sample |dW_i|^2 + |db_i|^2 [N], float64, of one layer from its input a and output gradient d."""
+    n, a, d = a.shape[0], a.double(), d.double()  # float64: float16 squares overflow at 256
     if isinstance(module, nn.Linear):
         a, d = a.reshape(n, -1, a.shape[-1]), d.reshape(n, -1, d.shape[-1])  # [N, L, K], [N, L, O]
     else:
@@ -158,31 +202,39 @@ def hookable_layers(model: nn.Module, chosen: dict[str, nn.Parameter]) -> dict[s
 
 
 def per_sample_grad_sq_norms(
-    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
+    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, *,
+    allow_train_mode: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-sample squared gradient norms ``|g_i|^2`` of every Linear/Conv layer, from hooks.
 
     For a layer ``z = W a + b`` and a mean loss over N samples, the gradient w.r.t. the
     output is ``delta_i / N``, so ``g_i = N delta_i a_i^T`` and ``|g_i|^2 = N^2 |delta_i|^2 |a_i|^2``
-    (sums over positions for sequences and convolutions). Cost: one forward and backward
-    pass; no per-sample gradient is stored. ``.grad`` is left untouched.
+    (sums over positions for sequences and convolutions); for a summed loss the factor N
+    is 1 (detected by comparing the loss of the batch with that of the batch twice). Cost:
+    one forward and backward pass; no per-sample gradient is stored. ``.grad``, buffers,
+    flags and the global RNG are left as they were.
 
     Returns:
         ``{layer name: [N]}`` (weight and bias together), float64, on the inputs' device.
 
     Raises:
         ValueError: a trainable parameter outside Linear/Conv layers (use
-        ``per_sample_gradients``), a layer called twice, a batch of fewer than 2.
+        ``per_sample_gradients``), a layer called twice, a batch of fewer than 2, Dropout or
+        BatchNorm in training mode (see ``allow_train_mode`` of ``per_sample_gradients``), a
+        loss that is neither the mean nor the sum of per-sample losses.
     """
-    return hook_statistics(model, loss_fn, inputs, targets)[0]
+    return hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode)[0]
 
 
 def hook_statistics(
-    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
+    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, *,
+    allow_train_mode: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
     """Per layer, the per-sample ``|g_i|^2`` [N] and ``|gbar|^2`` (0-d), float64; and N."""
-    n = check_batch(model, inputs, targets)
+    tool = "per_sample_grad_sq_norms"
     chosen = trainable_parameters(model)
+    refuse_train_mode(model, allow_train_mode, tool)
+    n = check_batch(model, inputs, targets)
     layers = hookable_layers(model, chosen)
     if layers is None:
         others = sorted(module_of(k) for k in chosen)
@@ -190,11 +242,38 @@ def hook_statistics(
             f"the hook fast path handles only Linear/Conv1d/Conv2d layers, the model trains {others}; "
             "use per_sample_gradients or gradient_noise_scale(method='vmap')"
         )
-    with _SampleNormHooks(layers) as hooks:
-        loss = loss_fn(model(inputs), targets)
-        mean_grads = torch.autograd.grad(loss, list(chosen.values()))
-    sq = {k: n * n * _layer_sq_norms(m, hooks.inputs[k], hooks.grads[k]).double() for k, m in layers.items()}
+    with inspecting(model), _SampleNormHooks(layers) as hooks:
+        inputs, targets = usable(inputs), usable(targets)
+        outputs = model(inputs)
+        loss = checked_loss(loss_fn(outputs, targets), tool)
+        grads = torch.autograd.grad(loss, list(chosen.values()), allow_unused=True)  # unused: None
+        per_sample_scale = n if _is_mean(loss_fn, outputs, targets, loss) else 1
+    sq = {k: (per_sample_scale**2 * _layer_sq_norms(m, hooks.inputs[k], hooks.grads[k])
+              if k in hooks.grads else torch.zeros(n, dtype=torch.float64, device=inputs.device))
+          for k, m in layers.items()}
     mean_sq = dict.fromkeys(layers, 0.0)
-    for name, g in zip(chosen, mean_grads):
-        mean_sq[module_of(name)] = mean_sq[module_of(name)] + g.double().square().sum()
+    for name, g in zip(chosen, grads):
+        if g is not None:  # gbar, the gradient of the mean loss
+            gbar = g.double() * (per_sample_scale / n)
+            mean_sq[module_of(name)] = mean_sq[module_of(name)] + gbar.square().sum()
     return sq, mean_sq, n
+
+
+def _is_mean(loss_fn: LossFn, outputs: object, targets: object, loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is the mean of per-sample losses (True) or their sum (False): the
+    mean of the batch twice over is the same, the sum doubles."""
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
+        return True
+    with torch.no_grad():
+        twice = loss_fn(torch.cat([outputs, outputs]), torch.cat([targets, targets]))
+        value = float(loss)
+        ratio = float(twice) / value if value != 0 and math.isfinite(value) else 1.0  # NaN: reported later
+    if abs(ratio - 1) < 1e-2:
+        return True
+    if abs(ratio - 2) < 2e-2:
+        return False
+    raise ValueError(
+        f"loss_fn must return the mean (or the sum) of per-sample losses: the loss of the batch "
+        f"twice over is {ratio:.3g}x the loss of the batch (mean: 1x, sum: 2x); use a mean "
+        "reduction, e.g. nn.CrossEntropyLoss() or F.mse_loss(..., reduction='mean')"
+    )

@@ -1,6 +1,7 @@
 """gradflow_lessons.clipping against torch's own clipping and brute-force float64 formulas."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -345,3 +346,79 @@ def test_an_all_zero_gradient_keeps_its_direction(name):
         p.grad = torch.zeros_like(p)
     stats = CLIPPERS[name](model.parameters())
     assert stats.norm_before == 0.0 and stats.cosine == 1.0 and not stats.clipped
+
+
+# ------------------------------------------------------------ issue 16: float16, bfloat16, extremes, misuse
+
+
+def low_precision_params(dtype: torch.dtype, value: float, seed: int = 0) -> list[nn.Parameter]:
+    """Two parameters of ``dtype`` whose gradients have entries of about ``value``, every one finite."""
+    g = torch.Generator().manual_seed(seed)
+    params = [nn.Parameter(torch.randn(shape, generator=g).to(dtype)) for shape in [(64, 32), (64,)]]
+    for p in params:
+        p.grad = (value * (0.5 + torch.rand(p.shape, generator=g))).to(dtype)
+    return params
+
+
+def reference(params: list[nn.Parameter]) -> torch.Tensor:
+    return torch.cat([p.grad.double().flatten() for p in params])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_value_clipping_statistics_of_low_precision_gradients_are_taken_in_float32(dtype):
+    params = low_precision_params(dtype, 100.0)  # squares of 100 overflow float16 sums quickly
+    before = reference(params)
+    stats = clip_by_value_(params, 120.0)
+    after = reference(params)
+    assert stats.norm_before == pytest.approx(before.norm().item(), rel=1e-3)
+    assert stats.norm_after == pytest.approx(after.norm().item(), rel=1e-3)
+    assert stats.cosine == pytest.approx(cosine(before, after), abs=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_agc_cosines_of_low_precision_gradients_stay_within_one(dtype):
+    params = low_precision_params(dtype, 300.0)
+    before = reference(params)
+    stats = agc_(params, clipping=0.01)
+    after = reference(params)
+    assert stats.clipped and stats.cosine <= 1.0
+    assert stats.cosine == pytest.approx(cosine(before, after), abs=2e-3)
+    assert stats.norm_after == pytest.approx(after.norm().item(), rel=1e-2)
+
+
+def test_norm_clipping_a_float16_gradient_whose_norm_overflows_float16_clips_instead_of_zeroing():
+    params = low_precision_params(torch.float16, 2000.0)  # entries finite, norm ~1e5 > 65,504
+    before = reference(params)
+    torch_copy = [nn.Parameter(p.detach().clone()) for p in params]
+    for p, q in zip(torch_copy, params):
+        p.grad = q.grad.clone()
+    torch.nn.utils.clip_grad_norm_(torch_copy, 1.0)
+    assert reference(torch_copy).abs().max() == 0  # what torch itself does: every gradient zeroed
+    with pytest.warns(RuntimeWarning, match="overflows the gradients' own dtype.*scale every gradient by 0"):
+        stats = clip_by_norm_(params, 1.0)
+    assert stats.norm_before == pytest.approx(before.norm().item(), rel=1e-3) and stats.nonfinite == 0
+    assert reference(params).norm().item() == pytest.approx(1.0, rel=1e-2)
+    assert cosine(before, reference(params)) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("scale", [1e-26, 1e25])
+def test_float32_gradients_beyond_float32_squares_keep_their_norm_and_are_not_zeroed(scale):
+    p = nn.Parameter(torch.zeros(10))
+    p.grad = torch.full((10,), scale)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = clip_by_norm_([p], max_norm=1.0)
+    assert len(caught) == (scale > 1)  # torch's own float32 norm would be inf: zeroed
+    assert stats.norm_before == pytest.approx(scale * math.sqrt(10), rel=1e-6) and stats.nonfinite == 0
+    expected = min(1.0, scale * math.sqrt(10))
+    assert torch.linalg.vector_norm(p.grad.double()).item() == pytest.approx(expected, rel=1e-5)
+    assert stats.norm_after == pytest.approx(expected, rel=1e-5) and stats.cosine == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("clip", [clip_by_norm_, clip_by_value_, agc_])
+def test_passing_the_model_or_named_parameters_names_the_fix(clip):
+    model = with_gradients(tiny_model())
+    with pytest.raises(ValueError, match=r"not the model: pass model\.parameters\(\)"):
+        clip(model, 1.0)
+    with pytest.raises(ValueError, match=r"named_parameters\(\) gives \(name, tensor\) pairs"):
+        clip(model.named_parameters(), 1.0)

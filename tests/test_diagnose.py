@@ -1,6 +1,8 @@
 import copy
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -373,3 +375,125 @@ def test_the_threshold_sweep_flags_no_good_learning_rate_and_catches_every_too_h
     assert totals[True] == [40, 40]
     assert torch.get_num_threads() == threads
     assert "good learning rates flagged: 0/20" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ issue 16: the model is as it was
+
+
+def state_of(model: nn.Module) -> dict:
+    """Everything diagnose promises to leave alone, as plain copies."""
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "buffers": {k: b.clone() for k, b in model.named_buffers()},
+        "flags": [m.training for m in model.modules()],
+        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()[1].copy(),
+        "python_rng": random.getstate(),
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    for a, b in zip(before["params"] + before["grads"], after["params"] + after["grads"]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert before["buffers"].keys() == after["buffers"].keys()
+    for k in before["buffers"]:
+        assert torch.equal(before["buffers"][k], after["buffers"][k]), k
+    assert before["flags"] == after["flags"]
+    assert torch.equal(before["torch_rng"], after["torch_rng"])
+    assert (before["numpy_rng"] == after["numpy_rng"]).all() and before["python_rng"] == after["python_rng"]
+
+
+def test_diagnose_on_a_nan_batch_leaves_batchnorm_statistics_so_eval_still_works():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    before = state_of(model)
+    assert diagnose(model, cross_entropy, bad, y).kinds == ["nonfinite"]
+    assert_same_state(before, state_of(model))
+    model.eval()
+    assert torch.isfinite(model(x)).all()
+
+
+def test_diagnose_with_dropout_and_watched_steps_leaves_every_rng_and_buffer_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 1))
+    model.double()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = batch()
+    loss_fn = mse
+    loss_fn(model(x), y).backward()  # the user's own gradients, kept
+    before = state_of(model)
+    diagnose(model, loss_fn, x, y, optimizer=optimizer, steps=3)
+    assert_same_state(before, state_of(model))
+
+
+def test_diagnose_works_under_inference_mode_and_on_inference_tensors():
+    model = mlp(0, depth=3)
+    with torch.inference_mode():
+        x, y = batch()
+        x, y = x.clone(), y.clone()  # inference tensors
+        inside = diagnose(model, mse, x, y)
+    outside = diagnose(model, mse, x, y)
+    assert inside.loss == outside.loss and inside.kinds == outside.kinds == []
+
+
+def test_diagnose_inside_a_monitor_does_not_add_to_the_monitors_activations():
+    from gradflow_lessons.monitor import GradientMonitor
+
+    model = mlp(0, depth=3)
+    x, y = batch()
+    with GradientMonitor(model) as monitor:
+        mse(model(x), y).backward()
+        diagnose(model, mse, x, y)
+        monitor.record()
+    assert all(a.calls == 1 for a in monitor.activations)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_healthy_low_precision_model_has_no_nonfinite_finding(dtype):
+    # 256 examples x width 256: activation sums of squares overflow float16 when taken in it
+    torch.manual_seed(0)
+    model = MLP(16, 1, depth=3, width=256, activation="tanh", init="xavier").to(dtype)
+    x, y = torch.randn(256, 16).to(dtype), torch.randn(256, 1).to(dtype)
+    diagnosis = diagnose(model, lambda out, t: mse(out.float(), t.float()), x, y)
+    assert "nonfinite" not in diagnosis.kinds
+    assert all(math.isfinite(v) for v in diagnosis.output_std.values())
+
+
+# ------------------------------------------------------------ issue 16: errors that name the fix
+
+
+def test_an_empty_batch_is_named_not_blamed_on_nan():
+    with pytest.raises(ValueError, match="batch is empty"):
+        diagnose(mlp(0, depth=2), mse, torch.randn(0, 16, dtype=torch.float64), torch.randn(0, 1))
+
+
+def test_a_loss_returned_as_a_python_float_is_named():
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"returned a float.*no \.item\(\)"):
+        diagnose(mlp(0, depth=2), lambda out, t: mse(out, t).item(), x, y)
+
+
+def test_a_meta_device_model_is_named():
+    with pytest.raises(ValueError, match="meta device.*to_empty"):
+        diagnose(nn.Linear(16, 1, device="meta"), mse, *batch())
+
+
+def test_watching_with_lbfgs_names_the_closure_and_what_to_do():
+    model = mlp(0, depth=2)
+    with pytest.raises(ValueError, match="LBFGS.step.*needs a closure.*steps=0"):
+        diagnose(model, mse, *batch(), optimizer=torch.optim.LBFGS(model.parameters()), steps=3)
+
+
+class PositionalSGD(torch.optim.SGD):
+    def __init__(self, params, lr, momentum):  # no defaults: type(opt)(groups) cannot rebuild it
+        super().__init__(params, lr=lr, momentum=momentum)
+
+
+def test_watching_works_with_an_optimizer_whose_constructor_needs_positional_arguments():
+    model = mlp(0, depth=2)
+    optimizer = PositionalSGD(model.parameters(), 0.01, 0.9)
+    diagnosis = diagnose(model, mse, *batch(), optimizer=optimizer, steps=3)
+    assert len(diagnosis.watched_losses) == 4 and not optimizer.state  # the original is not stepped

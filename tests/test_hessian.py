@@ -351,3 +351,124 @@ def test_top_eigenvalues_leaves_the_models_gradients_untouched():
         hessian.top_eigenvalues(model, loss_fn, x, y)
     assert all(p.grad is None for p in model.parameters())
     assert count_hooks(model) == 0
+
+
+# ------------------------------------------------------------ issue 16: train mode, state, composition
+
+
+def dropout_problem():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 2)).double()
+    return model, nn.CrossEntropyLoss(), torch.randn(16, 3), torch.randint(0, 2, (16,))
+
+
+@pytest.mark.parametrize("tool", [hessian.top_eigenvalues, hessian.hessian_trace, hessian.spectral_density])
+def test_hessian_tools_refuse_dropout_in_training_mode_naming_the_module_and_the_fix(tool):
+    fix = r"2 \(Dropout\) is in training mode.*model\.eval\(\).*allow_train_mode=True"
+    with pytest.raises(ValueError, match=fix):
+        tool(*dropout_problem())
+
+
+def test_with_allow_train_mode_the_result_repeats_and_the_rng_is_restored():
+    model, loss_fn, x, y = dropout_problem()
+    rng = torch.get_rng_state()
+    first = hessian.top_eigenvalues(model, loss_fn, x, y, allow_train_mode=True).eigenvalues
+    assert torch.equal(torch.get_rng_state(), rng)
+    second = hessian.top_eigenvalues(model, loss_fn, x, y, allow_train_mode=True).eigenvalues
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    model.eval()
+    assert model.training is False and hessian.top_eigenvalues(model, loss_fn, x, y).converged
+
+
+def test_batchnorm_in_training_mode_is_refused_and_with_the_opt_in_its_buffers_are_restored():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 2)).double()
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    with pytest.raises(ValueError, match=r"1 \(BatchNorm1d\)"):
+        hessian.hessian_trace(model, nn.CrossEntropyLoss(), x, y)
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    hessian.hessian_trace(model, nn.CrossEntropyLoss(), x, y, allow_train_mode=True, max_probes=20)
+    for k, b in model.named_buffers():
+        assert torch.equal(b, buffers[k]), k
+    assert all(m.training for m in model.modules())
+
+
+def test_hessian_tools_work_under_no_grad():
+    model, loss_fn, x, y = tiny_problem()
+    expected = hessian.top_eigenvalues(model, loss_fn, x, y).eigenvalues
+    with torch.no_grad():
+        torch.testing.assert_close(hessian.top_eigenvalues(model, loss_fn, x, y).eigenvalues, expected)
+
+
+class Encoder(nn.Module):
+    """One TransformerEncoderLayer and a classifier on the first position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(inputs)[:, 0])
+
+
+def test_a_transformer_encoder_layer_has_a_hessian():
+    # the CPU flash-attention kernel has no double backward; the math kernel does
+    torch.manual_seed(0)
+    model = Encoder().double().eval()
+    x, y = torch.randn(4, 5, 8, dtype=torch.float64), torch.randint(0, 2, (4,))
+    result = hessian.top_eigenvalues(model, nn.CrossEntropyLoss(), x, y)
+    assert result.converged and math.isfinite(result.eigenvalues[0].item())
+
+
+def test_hessian_tools_inside_a_monitor_leave_its_activations_alone():
+    from gradflow_lessons.monitor import GradientMonitor
+
+    model, loss_fn, x, y = tiny_problem()
+    with GradientMonitor(model) as monitor:
+        loss_fn(model(x), y).backward()
+        hessian.top_eigenvalues(model, loss_fn, x, y)
+        monitor.record()
+    assert all(a.calls == 1 for a in monitor.activations)
+
+
+# ------------------------------------------------------------ issue 16: errors that name the fix
+
+
+def test_an_empty_batch_is_named_not_blamed_on_nan():
+    model, loss_fn, _, _ = tiny_problem()
+    with pytest.raises(ValueError, match="batch is empty"):
+        hessian.top_eigenvalues(model, loss_fn, torch.randn(0, 3), torch.randint(0, 2, (0,)))
+
+
+def test_a_loss_returned_as_a_python_float_is_named():
+    model, loss_fn, x, y = tiny_problem()
+    with pytest.raises(ValueError, match=r"returned a float.*no \.item\(\)"):
+        hessian.top_eigenvalues(model, lambda out, t: loss_fn(out, t).item(), x, y)
+
+
+def test_a_meta_device_model_is_named():
+    with pytest.raises(ValueError, match="meta device"):
+        hessian.top_eigenvalues(nn.Linear(3, 2, device="meta"), nn.CrossEntropyLoss(), *tiny_problem()[2:])
+
+
+@pytest.mark.parametrize("kwargs", [dict(n_iter=0), dict(n_probes=0), dict(n_iter=-3)])
+def test_spectral_density_refuses_no_steps_or_no_probes(kwargs):
+    with pytest.raises(ValueError, match="n_probes >= 1 and n_iter >= 1"):
+        hessian.spectral_density(*tiny_problem(), **kwargs)
+
+
+def test_max_hvp_zero_is_an_error_not_the_default():
+    with pytest.raises(ValueError, match="max_hvp of top_eigenvalues.*is 0"):
+        hessian.top_eigenvalues(*tiny_problem(), max_hvp=0)
+
+
+@pytest.mark.parametrize("start", [torch.zeros(46), torch.full((46,), math.nan)])
+def test_a_zero_or_nan_start_vector_is_named(start):
+    with pytest.raises(ValueError, match="start vector is zero or has NaN"):
+        hessian.top_eigenvalues(*tiny_problem(), start=start)
+
+
+def test_a_negative_deflation_is_an_error():
+    with pytest.raises(ValueError, match="deflate=-1"):
+        hessian.hessian_trace(*tiny_problem(), deflate=-1)

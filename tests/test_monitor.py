@@ -325,6 +325,7 @@ def test_explicit_step_numbers_are_kept_and_later_ones_continue_from_them():
     with GradientMonitor(model) as monitor:
         backward(model)
         monitor.record(step=100)
+        backward(model)
         monitor.record()
     assert monitor.steps == [100, 101]
 
@@ -403,3 +404,102 @@ def test_overhead_benchmark_runs_on_a_tiny_model(capsys):
     )
     assert ratios["bare training step"] == 1.0
     assert "naive per-parameter .item() loop" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ issue 16: one record per backward
+
+
+def test_recording_twice_after_one_backward_raises_instead_of_making_a_phantom_step():
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, optimizer) as monitor:
+        backward(model)
+        monitor.record()
+        with pytest.raises(ValueError, match=r"twice after one backward.*once per loss\.backward"):
+            monitor.record()
+        optimizer.step()
+    assert monitor.steps == [0] and monitor.history[0].update_ratio is not None
+
+
+def test_recording_after_each_backward_with_grads_kept_or_zeroed_in_place_is_fine():
+    model = tiny_model()
+    with GradientMonitor(model) as monitor:
+        for _ in range(3):
+            model.zero_grad(set_to_none=False)  # the same .grad tensors, written again
+            backward(model)
+            monitor.record()
+    assert monitor.steps == [0, 1, 2]
+
+
+def test_recording_the_same_step_number_twice_raises_naming_it():
+    model = tiny_model()
+    with GradientMonitor(model) as monitor:
+        backward(model)
+        monitor.record(step=5)
+        backward(model)
+        with pytest.raises(ValueError, match="step 5 is already recorded"):
+            monitor.record(step=5)
+    assert monitor.steps == [5]
+
+
+# ------------------------------------------------------------ issue 16: float16, bfloat16, extremes
+
+
+def reference_norms(model: nn.Module) -> dict[str, float]:
+    """Per module, the float64 norm of its own parameters' gradients."""
+    out = {}
+    for name, module in model.named_modules():
+        grads = [p.grad.double() for p in module.parameters(recurse=False) if p.grad is not None]
+        if grads:
+            out[name] = math.sqrt(sum(g.square().sum().item() for g in grads))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_statistics_are_accumulated_in_float32(dtype):
+    # 256 x 256 = 65,536 outputs of std ~1: their sum of squares overflows float16 (max
+    # 65,504) and stalls in bfloat16 (8 bits of mantissa). A gradient of 65,536 entries of
+    # 300 has the norm 76,800, beyond float16 too, while every entry is finite.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 256), nn.Tanh(), nn.Linear(256, 256)).to(dtype)
+    inputs = torch.randn(256, 16).to(dtype)
+    with GradientMonitor(model) as monitor:
+        model(inputs).float().mean().backward()
+        model[2].weight.grad.fill_(300.0)
+        monitor.record()
+    records = {r.layer: r for r in monitor.history}
+    for name, norm in reference_norms(model).items():
+        assert records[name].nonfinite == 0
+        assert records[name].grad_norm == pytest.approx(norm, rel=1e-3)
+        assert math.isfinite(records[name].grad_mean_abs)
+    with torch.no_grad():
+        hidden = model[0](inputs).double()
+    record = next(a for a in monitor.activations if a.layer == "0")
+    assert record.std == pytest.approx(hidden.std(unbiased=False).item(), rel=1e-3)
+    assert record.mean == pytest.approx(hidden.mean().item(), abs=1e-3)
+
+
+@pytest.mark.parametrize("scale", [1e-26, 1e25])
+def test_float32_gradients_far_below_or_above_float32_squares_keep_their_norm(scale):
+    layer = nn.Linear(4, 3)
+    with GradientMonitor(layer) as monitor:
+        layer.weight.grad = torch.full((3, 4), scale)
+        layer.bias.grad = torch.full((3,), scale)
+        monitor.record()
+    record = monitor.history[0]
+    assert record.grad_norm == pytest.approx(scale * math.sqrt(15), rel=1e-6)  # not 0, not inf
+    assert record.nonfinite == 0
+
+
+# ------------------------------------------------------------ issue 16: tools compose
+
+
+def test_a_forward_inside_torch_func_is_not_recorded_and_nothing_escapes():
+    model = tiny_model()
+    inputs = torch.randn(4, 3, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    with GradientMonitor(model) as monitor:
+        torch.func.vmap(lambda x: torch.func.functional_call(model, params, (x[None],)))(inputs)
+        model(inputs).sum().backward()  # would raise if a vmapped tensor had escaped into the monitor
+        monitor.record()
+    assert all(a.calls == 1 for a in monitor.activations)

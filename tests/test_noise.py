@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from gradflow_lessons import noise
 from gradflow_lessons.models import MLP
-from gradflow_lessons.monitor import count_hooks
+from gradflow_lessons.monitor import GradientMonitor, count_hooks
 
 N = 6
 
@@ -138,12 +139,15 @@ def test_fast_path_refuses_unsupported_layers_and_auto_falls_back_to_vmap():
 @pytest.mark.parametrize("method", ["hooks", "vmap"])
 def test_noise_scale_matches_brute_force_from_looped_gradients(method):
     model, loss_fn, x, y = mlp_problem()
-    result = noise.gradient_noise_scale(model, loss_fn, x, y, method=method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # this batch's |G|^2 estimate is negative
+        result = noise.gradient_noise_scale(model, loss_fn, x, y, method=method)
     g2, trace = brute_force_noise(looped_gradients(model, loss_fn, x, y))
     assert result.method == method and result.batch_size == N
     assert result.grad_sq_norm == pytest.approx(g2, rel=1e-10)
     assert result.trace_cov == pytest.approx(trace, rel=1e-10)
-    assert result.b_simple == pytest.approx(trace / g2, rel=1e-10)
+    assert result.signal_below_noise == (g2 <= 0)
+    assert result.b_simple == (math.inf if g2 <= 0 else pytest.approx(trace / g2, rel=1e-10))
 
 
 def test_layer_estimates_add_up_to_the_model_estimate_and_give_the_snr():
@@ -214,7 +218,7 @@ def test_per_sample_gradients_refuse_batchnorm_in_training_mode():
 
 
 def test_noise_scale_refuses_an_unknown_method():
-    with pytest.raises(ValueError, match="'auto', 'hooks' or 'vmap'"):
+    with pytest.raises(ValueError, match="'auto', 'hooks', 'vmap' or 'loop'"):
         noise.gradient_noise_scale(*mlp_problem(), method="fast")
 
 
@@ -360,3 +364,170 @@ def test_data_parallel_estimate_on_two_gloo_workers_matches_the_single_process_o
 
 if __name__ == "__main__":  # a data-parallel worker, started by launch_workers
     dp_worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+
+
+# ------------------------------------------------------------ issue 16: the model's state, composition
+
+
+def dropout_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 4))
+
+
+def test_the_vmap_path_inside_an_active_monitor_leaves_the_next_forward_working():
+    model = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 4))
+    x, y = torch.randn(N, 3), torch.randint(0, 4, (N,))
+    with GradientMonitor(model) as monitor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            assert noise.gradient_noise_scale(model, nn.CrossEntropyLoss(), x, y).method == "vmap"
+        nn.CrossEntropyLoss()(model(x), y).backward()  # raised "tensor may have escaped" before
+        monitor.record()
+    assert all(a.calls == 1 for a in monitor.activations)
+
+
+@pytest.mark.parametrize("method", ["hooks", "vmap"])
+def test_dropout_in_training_mode_is_refused_naming_the_module_and_the_fix(method):
+    x, y = torch.randn(N, 3), torch.randint(0, 4, (N,))
+    with pytest.raises(ValueError, match=r"2 \(Dropout\).*model\.eval\(\).*allow_train_mode=True"):
+        noise.gradient_noise_scale(dropout_mlp(), nn.CrossEntropyLoss(), x, y, method=method)
+
+
+@pytest.mark.parametrize("method", ["hooks", "vmap"])
+def test_with_allow_train_mode_dropout_is_measured_and_the_rng_and_flags_are_restored(method):
+    model = dropout_mlp()
+    x, y = torch.randn(16, 3), torch.randint(0, 4, (16,))
+    rng = torch.get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        first = noise.gradient_noise_scale(model, nn.CrossEntropyLoss(), x, y, method, allow_train_mode=True)
+        again = noise.gradient_noise_scale(model, nn.CrossEntropyLoss(), x, y, method, allow_train_mode=True)
+    assert torch.equal(torch.get_rng_state(), rng) and model.training
+    assert first.trace_cov == again.trace_cov and math.isfinite(first.trace_cov)  # same masks: same RNG
+
+
+def test_noise_tools_leave_buffers_and_grads_of_an_eval_batchnorm_model_as_they_were():
+    model = MLP(3, 2, depth=3, width=4, norm="batch").eval()
+    model(torch.randn(32, 3))  # (eval: no update)
+    x, y = torch.randn(N, 3), torch.randn(N, 2)
+    nn.MSELoss()(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        noise.gradient_noise_scale(model, nn.MSELoss(), x, y)
+        noise.gradient_covariance(model, nn.MSELoss(), x, y, params=["output.bias"])
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert all(torch.equal(b, buffers[k]) for k, b in model.named_buffers())
+
+
+def test_noise_tools_work_under_no_grad():
+    model, loss_fn, x, y = mlp_problem(16)
+    expected = noise.gradient_snr(model, loss_fn, x, y)
+    with torch.no_grad():
+        assert noise.gradient_snr(model, loss_fn, x, y) == pytest.approx(expected)
+        assert noise.gradient_snr(model, loss_fn, x, y, method="vmap") == pytest.approx(expected)
+
+
+# ------------------------------------------------------------ issue 16: honest numbers
+
+
+def test_a_negative_signal_estimate_gives_an_infinite_noise_scale_a_flag_and_a_warning():
+    model, loss_fn, x, y = mlp_problem()  # 6 samples: the unbiased |G|^2 estimate is negative here
+    with pytest.warns(RuntimeWarning, match=r"noise .* dominates the signal.*b_simple is inf.*larger batch"):
+        result = noise.gradient_noise_scale(model, loss_fn, x, y)
+    g2, _ = brute_force_noise(looped_gradients(model, loss_fn, x, y))
+    assert g2 < 0 and result.grad_sq_norm == pytest.approx(g2)  # the raw estimate is kept
+    assert result.signal_below_noise and result.b_simple == math.inf
+
+
+def test_a_positive_signal_estimate_is_not_flagged():
+    model, loss_fn, x, _ = mlp_problem(64)
+    y = torch.zeros(64, dtype=torch.long)  # every sample pulls the same way: a strong signal
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = noise.gradient_noise_scale(model, loss_fn, x, y)
+    assert result.grad_sq_norm > 0 and not result.signal_below_noise
+    assert result.b_simple == pytest.approx(result.trace_cov / result.grad_sq_norm)
+
+
+@pytest.mark.parametrize("method", ["hooks", "vmap", "loop"])
+def test_a_summed_loss_gives_the_same_estimates_as_a_mean_loss(method):
+    model, _, x, y = mlp_problem(16)
+    mean = noise.gradient_noise_scale(model, nn.CrossEntropyLoss(), x, y, method)
+    total = noise.gradient_noise_scale(model, nn.CrossEntropyLoss(reduction="sum"), x, y, method)
+    assert total.grad_sq_norm == pytest.approx(mean.grad_sq_norm, rel=1e-10)
+    assert total.trace_cov == pytest.approx(mean.trace_cov, rel=1e-10)
+
+
+def test_a_loss_neither_mean_nor_sum_is_refused_by_the_hook_path():
+    model, loss_fn, x, y = mlp_problem(16)
+    with pytest.raises(ValueError, match="mean \\(or the sum\\) of per-sample losses"):
+        scaled = lambda out, t: loss_fn(out, t) * len(out) ** 0.5  # noqa: E731
+        noise.gradient_noise_scale(model, scaled, x, y, method="hooks")
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.unused = nn.Linear(3, 4), nn.Linear(3, 4)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.used(inputs)
+
+
+def test_a_parameter_the_loss_does_not_use_counts_as_zero_gradient_on_every_path():
+    torch.manual_seed(0)
+    model, x, y = TwoHeads(), torch.randn(16, 3), torch.randint(0, 4, (16,))
+    methods = ("hooks", "vmap", "loop")
+    results = [noise.gradient_noise_scale(model, nn.CrossEntropyLoss(), x, y, m) for m in methods]
+    for result in results:
+        assert result.layers["unused"] == noise.LayerNoise(0.0, 0.0)
+        assert result.trace_cov == pytest.approx(results[0].trace_cov, rel=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_models_give_finite_estimates_close_to_float64(dtype):
+    # the per-sample squared norms of a float16 gradient with entries ~300 overflow in float16
+    model, loss_fn, x, y = mlp_problem(16)
+    reference = noise.gradient_noise_scale(model, loss_fn, x, y)
+    low = noise.gradient_noise_scale(model.to(dtype), lambda out, t: 1000 * loss_fn(out.double(), t),
+                                     x.to(dtype), y)
+    assert math.isfinite(low.trace_cov)
+    assert low.trace_cov / 1000**2 == pytest.approx(reference.trace_cov, rel=0.1)
+
+
+# ------------------------------------------------------------ issue 16: errors that name the fix
+
+
+class GRUClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.out = nn.GRU(3, 6, batch_first=True), nn.Linear(6, 2)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.out(self.gru(inputs)[0][:, -1])
+
+
+def test_a_model_vmap_cannot_batch_is_named_with_the_loop_fix_which_works():
+    torch.manual_seed(0)
+    model, x, y = GRUClassifier(), torch.randn(8, 5, 3), torch.randint(0, 2, (8,))
+    with pytest.raises(ValueError, match="vmap cannot batch.*method='loop'"):
+        noise.gradient_noise_scale(model, nn.CrossEntropyLoss(), x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        looped = noise.gradient_noise_scale(model, nn.CrossEntropyLoss(), x, y, method="loop")
+    g2, trace = brute_force_noise(looped_gradients(model, nn.CrossEntropyLoss(), x, y))
+    assert looped.trace_cov == pytest.approx(trace, rel=1e-10) and looped.grad_sq_norm == pytest.approx(g2)
+
+
+@pytest.mark.parametrize("method", ["hooks", "vmap", "loop"])
+def test_a_loss_returned_as_a_python_float_is_named(method):
+    model, loss_fn, x, y = mlp_problem()
+    with pytest.raises(ValueError, match=r"\.item\(\)"):
+        noise.gradient_noise_scale(model, lambda out, t: loss_fn(out, t).item(), x, y, method)
+
+
+def test_a_meta_device_model_is_named():
+    with pytest.raises(ValueError, match="meta device"):
+        noise.gradient_noise_scale(nn.Linear(3, 4, device="meta"), nn.CrossEntropyLoss(), *mlp_problem()[2:])

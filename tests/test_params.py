@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from gradflow_lessons._params import module_of, parameter_list, trainable_parameters
+from gradflow_lessons._params import (
+    exact_norm,
+    module_of,
+    norms,
+    parameter_list,
+    total_norm,
+    trainable_parameters,
+    wide,
+)
 
 
 def test_trainable_parameters_skip_frozen_ones_and_count_tied_weights_once():
@@ -41,3 +51,45 @@ def test_parameter_list_takes_one_tensor_or_an_iterable():
     p = torch.zeros(2, requires_grad=True)
     assert parameter_list(p, "f") == [p]
     assert parameter_list(iter([p, p]), "f") == [p, p]
+
+
+def test_a_meta_device_model_is_named_with_the_fix():
+    with pytest.raises(ValueError, match=r"meta device.*to_empty"):
+        trainable_parameters(nn.Linear(2, 2, device="meta"))
+
+
+def test_parameter_list_refuses_a_model_or_named_parameters_naming_the_fix():
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"f takes the parameters, not the model"):
+        parameter_list(model, "f")
+    with pytest.raises(ValueError, match=r"named_parameters\(\) gives \(name, tensor\) pairs"):
+        parameter_list(model.named_parameters(), "f")
+
+
+# --------------------------------------------------------------------------- norms that do not lie
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_norms_are_accumulated_in_float32(dtype):
+    t = torch.full((65_536,), 300.0, dtype=dtype)  # the norm 76,800 overflows float16
+    (norm,) = norms([t])
+    assert norm.dtype == torch.float32 and norm.item() == pytest.approx(76_800, rel=1e-3)
+    assert wide(dtype) == torch.float32 and wide(torch.float64) == torch.float64
+
+
+@pytest.mark.parametrize("scale", [1e-26, 1e25])
+def test_exact_norm_redoes_in_float64_what_float32_squares_lose(scale):
+    t = torch.full((100,), scale)
+    lost = total_norm([t]).item()
+    assert lost in (0.0, math.inf)  # float32 squares underflow / overflow
+    assert exact_norm([t], lost) == pytest.approx(scale * 10, rel=1e-6)  # scale as a float32
+
+
+def test_exact_norm_keeps_a_norm_float32_holds_and_nan():
+    t = torch.full((4,), 2.0)
+    assert exact_norm([t], 4.0) == 4.0 and math.isnan(exact_norm([t], math.nan))
+
+
+def test_total_norm_is_the_norm_of_all_tensors_as_one_vector():
+    a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    assert total_norm([a, b]).item() == pytest.approx(torch.cat([a.flatten(), b]).norm().item(), rel=1e-12)
