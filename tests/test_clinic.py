@@ -3,12 +3,14 @@ its own), fixes are validated and verified by training."""
 
 import math
 import pickle
+import statistics
 
 import pytest
 import torch
 
 from gradflow_lessons import clinic
 from gradflow_lessons.clinic import FAMILIES, Case, admit, apply_fix, draw_case, misread, settings, verify
+from gradflow_lessons.diagnose import diagnose
 
 # The reference treatment of each family (the solution's prescriptions, lr_too_high: 100x lower).
 CURES = {
@@ -174,3 +176,18 @@ def test_misread_is_silent_when_right_and_names_the_family_and_the_evidence_when
     message = misread(case, "lr_too_high")
     assert "'dead_relu'" in message and "dead_relu" in message.split("reports")[-1]
     assert "family names" in misread(case, 42)
+
+
+def layer_gain(patient) -> float:
+    """Median ratio of the output std of consecutive weight layers (the solution's measure)."""
+    found = diagnose(patient.new_model(), patient.loss_fn, patient.inputs, patient.targets)
+    stds = list(found.output_std.values())
+    return statistics.median(b / a for a, b in zip(stds, stds[1:]))
+
+
+def test_the_layer_gain_threshold_of_the_solution_has_margins_over_ten_seeds():
+    sick = [admit(draw_case("init_scale", seed)) for seed in range(10)]
+    ill = [layer_gain(p) for p in sick]
+    well = [layer_gain(p.treated({"init": "kaiming"})) for p in sick]
+    threshold = 2.0  # solutions/13_gradient_clinic.ipynb, examine()
+    assert max(well) * 1.3 < threshold < min(ill) / 1.3, (min(well), max(well), min(ill), max(ill))
