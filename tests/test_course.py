@@ -86,3 +86,8 @@ def test_citation_version_is_the_package_version():
     version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert f"version: {version}" in (ROOT / "CITATION.cff").read_text()
     assert gradflow_lessons.__version__ == version
+
+
+def test_readme_states_the_course_length_the_map_adds_up_to():
+    hours = round(sum(lesson.minutes for lesson in LESSONS) / 60)
+    assert f"add up to about {hours} hours" in " ".join((ROOT / "README.md").read_text().split())
