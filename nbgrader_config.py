@@ -27,7 +27,7 @@ from nbgrader.preprocessors import (
 )
 
 from gradflow_lessons.grading.markers import CODE_STUB, MARKDOWN_STUB
-from gradflow_lessons.grading.nbgrader_plugin import StripNotebookMetadata
+from gradflow_lessons.grading.nbgrader_plugin import ShortTracebacks, StripNotebookMetadata
 
 c = get_config()  # noqa: F821 - defined by nbgrader when it loads this file
 
@@ -39,6 +39,7 @@ c.GenerateAssignment.preprocessors = [
     StripNotebookMetadata, CheckCellMetadata, ComputeChecksums, SaveCells, ClearHiddenTests,
     ClearMarkScheme, ComputeChecksums, CheckCellMetadata,
 ]
-# Feedback is made from the autograded notebook, which holds the hidden tests again.
-c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+# Feedback is made from the autograded notebook, which holds the hidden tests again: in the
+# check cells' sources, and in the lines their tracebacks quote.
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, ShortTracebacks, CSSHTMLHeaderPreprocessor]
 c.Execute.timeout = 60

@@ -19,3 +19,16 @@ class StripNotebookMetadata(NbGraderPreprocessor):
         for key in DROPPED_METADATA:
             nb.metadata.pop(key, None)
         return nb, resources
+
+
+class ShortTracebacks(NbGraderPreprocessor):
+    """Feedback: an error in a check cell as ``ename: evalue`` only. IPython's traceback
+    quotes the lines around the failing one, hidden tests included, which nbgrader's
+    ``ClearHiddenTests`` (it clears sources, not outputs) leaves in the feedback."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code":
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+        return cell, resources

@@ -56,4 +56,26 @@ WRONG_ANSWERS = [
             "    return (norms >= threshold).double().mean().item()"
         )},
     ),
+    (
+        "percentile that sorts the caller's history in place",
+        {"solution-threshold": (
+            "def threshold_from_history(norms, percentile):\n"
+            "    norms.copy_(torch.sort(norms).values)\n"
+            "    r = percentile / 100 * (len(norms) - 1)\n"
+            "    lo = int(np.floor(r))\n"
+            "    hi = min(lo + 1, len(norms) - 1)\n"
+            "    return (norms[lo] + (r - lo) * (norms[hi] - norms[lo])).item()"
+        )},
+    ),
+    (
+        "percentile that returns a 0-d tensor where a float is asked",
+        {"solution-threshold": (
+            "def threshold_from_history(norms, percentile):\n"
+            "    s = torch.sort(norms).values\n"
+            "    r = percentile / 100 * (len(s) - 1)\n"
+            "    lo = int(np.floor(r))\n"
+            "    hi = min(lo + 1, len(s) - 1)\n"
+            "    return s[lo] + (r - lo) * (s[hi] - s[lo])"
+        )},
+    ),
 ]
