@@ -161,3 +161,37 @@ def checked_loss(loss: object, tool: str) -> torch.Tensor:
             "does loss_fn or the model call .detach(), or run under torch.no_grad()?"
         )
     return loss.reshape(())
+
+
+# --------------------------------------------------------------------------- mixed precision (GradScaler)
+
+
+def grads_unscaled(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer | None = None) -> bool:
+    """Whether ``scaler.unscale_`` has run this step (for ``optimizer``, or for any optimizer),
+    read from the scaler's per-optimizer state, which ``scaler.update()`` resets."""
+    from torch.amp.grad_scaler import OptState
+
+    states = getattr(scaler, "_per_optimizer_states", {})
+    if optimizer is not None:
+        return id(optimizer) in states and states[id(optimizer)].get("stage") is OptState.UNSCALED
+    return any(state.get("stage") is OptState.UNSCALED for state in states.values())
+
+
+def unscale_factor(scaler: torch.amp.GradScaler | None,
+                   optimizer: torch.optim.Optimizer | None = None) -> float:
+    """What the ``.grad`` values must be multiplied by to be the true gradients: ``1 / scale``
+    while a ``GradScaler``'s gradients are still scaled, else 1 (no scaler, a disabled one, or
+    ``scaler.unscale_`` already called this step)."""
+    if scaler is None or not scaler.is_enabled() or grads_unscaled(scaler, optimizer):
+        return 1.0
+    return 1.0 / scaler.get_scale()
+
+
+def require_unscaled(scaler: torch.amp.GradScaler | None, caller: str) -> None:
+    """Refuse to clip gradients that are still multiplied by the loss scale."""
+    if scaler is not None and scaler.is_enabled() and not grads_unscaled(scaler):
+        raise ValueError(
+            f"{caller}: the gradients are still multiplied by the loss scale ({scaler.get_scale():g}); "
+            "call scaler.unscale_(optimizer) before clipping, so the threshold applies to the true "
+            "gradients (then scaler.step(optimizer) knows not to unscale them twice)"
+        )

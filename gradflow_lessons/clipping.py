@@ -13,6 +13,10 @@ the *direction* changed).
   (AutoClip, Seetharaman et al. 2020), over a bounded window.
 - ``agc_``: unit-wise adaptive gradient clipping (Brock et al. 2021, NFNets).
 
+Under mixed precision, pass the ``GradScaler`` (``scaler=``): clipping gradients that are
+still multiplied by the loss scale would apply the threshold to the wrong numbers, so every
+clipper then raises until ``scaler.unscale_(optimizer)`` has run this step.
+
 The statistics are computed from the gradient *before* it is changed (the norm after
 follows from the scale applied), so a NaN/Inf entry can still be counted, or refused
 with ``error_if_nonfinite=True``. Cost: a few passes over the gradients and one
@@ -31,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ._params import exact_norm, parameter_list, total_norm, wide
+from ._state import require_unscaled
 
 Parameters = Tensor | Iterable[Tensor]
 
@@ -61,12 +66,15 @@ class ClipStats:
     nonfinite: int
 
 
-def _gradients(parameters: Parameters, caller: str, **positive: float) -> tuple[list[Tensor], list[Tensor]]:
+def _gradients(parameters: Parameters, caller: str, scaler: torch.amp.GradScaler | None = None,
+               **positive: float) -> tuple[list[Tensor], list[Tensor]]:
     """The parameters that have a ``.grad``, and those gradients; warns when there are none.
-    ``positive``: the thresholds, each checked to be > 0."""
+    ``positive``: the thresholds, each checked to be > 0; with a ``scaler``, refuses gradients
+    that are still scaled."""
     for name, value in positive.items():
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    require_unscaled(scaler, caller)
     params = parameter_list(parameters, caller)
     if not params:
         warnings.warn(
@@ -173,6 +181,8 @@ def clip_by_norm_(
     max_norm: float,
     error_if_nonfinite: bool = False,
     foreach: bool | None = None,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> ClipStats:
     """Rescale all gradients together so their joint L2 norm is at most ``max_norm``.
 
@@ -194,7 +204,7 @@ def clip_by_norm_(
 
     Cost: one norm pass and one scaling pass over the gradients; one host sync.
     """
-    params, grads = _gradients(parameters, "clip_by_norm_", max_norm=max_norm)
+    params, grads = _gradients(parameters, "clip_by_norm_", scaler, max_norm=max_norm)
     if not grads:
         return _empty_stats(max_norm)
     def terms(before: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -212,6 +222,8 @@ def clip_by_value_(
     clip_value: float,
     error_if_nonfinite: bool = False,
     foreach: bool | None = None,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> ClipStats:
     """Clamp every gradient entry to ``[-clip_value, clip_value]``.
 
@@ -237,7 +249,7 @@ def clip_by_value_(
     Cost: a norm pass and about four statistics passes before clamping, one clamping
     pass; one host sync.
     """
-    params, grads = _gradients(parameters, "clip_by_value_", clip_value=clip_value)
+    params, grads = _gradients(parameters, "clip_by_value_", scaler, clip_value=clip_value)
     if not grads:
         return _empty_stats(clip_value)
     def terms(before: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -300,7 +312,8 @@ class PercentileClipper:
         self._clipped_steps: Tensor | None = None  # 0-d count, kept on the device
         self._threshold: Tensor | None = None
 
-    def clip_(self, parameters: Parameters, stats: bool = True) -> ClipStats | None:
+    def clip_(self, parameters: Parameters, stats: bool = True, *,
+              scaler: torch.amp.GradScaler | None = None) -> ClipStats | None:
         """Record this step's gradient norm, then clip by norm at the percentile.
 
         Args:
@@ -308,7 +321,7 @@ class PercentileClipper:
             stats: return a ``ClipStats`` (one host sync); with False, nothing waits for
                 the device and None is returned.
         """
-        _, grads = _gradients(parameters, "PercentileClipper.clip_")
+        _, grads = _gradients(parameters, "PercentileClipper.clip_", scaler)
         if not grads:
             return _empty_stats(math.nan) if stats else None
         with torch.no_grad():
@@ -377,6 +390,8 @@ def agc_(
     eps: float = 1e-3,
     skip: Iterable[Tensor] = (),
     error_if_nonfinite: bool = False,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> ClipStats:
     """Unit-wise adaptive gradient clipping (Brock et al. 2021, "High-Performance
     Large-Scale Image Recognition Without Normalization", NFNets).
@@ -407,7 +422,7 @@ def agc_(
     """
     if not eps >= 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
-    params, grads = _gradients(parameters, "agc_", clipping=clipping)
+    params, grads = _gradients(parameters, "agc_", scaler, clipping=clipping)
     if not grads:
         return _empty_stats(clipping)
     skipped = {id(p) for p in skip}

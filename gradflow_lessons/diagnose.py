@@ -194,6 +194,7 @@ class _Case:
     monitor: GradientMonitor
     diagnosis: Diagnosis
     layers: list[tuple[str, nn.Module]]  # weight layers, input to output
+    loss_scale: float = 1.0  # a GradScaler's scale the backward ran with (1: none)
 
     @cached_property
     def gain(self) -> float:
@@ -236,6 +237,11 @@ def nonfinite_rule(case: _Case) -> Finding | None:
     elif bad_params:
         fix = ("the parameters are already NaN/Inf (a diverged update): restart from the last finite "
                "checkpoint with a lower learning rate and gradient clipping (clip_grad_norm_)")
+    elif case.loss_scale != 1.0 and grads and math.isfinite(case.loss):
+        fix = (f"the gradients of the loss times the GradScaler's scale {case.loss_scale:g} overflow: "
+               "GradScaler skips such a step and lowers the scale, which is normal now and then; if it "
+               "happens every step, lower init_scale or look for large gradients (clip after "
+               "scaler.unscale_(optimizer))")
     else:
         fix = ("the forward or backward pass overflows: look for log(0), division by zero or exp of "
                "large values in the loss (use log_softmax/cross_entropy), lower the learning rate, "
@@ -243,6 +249,8 @@ def nonfinite_rule(case: _Case) -> Finding | None:
     evidence = {"nonfinite_inputs": float(bad_inputs), "nonfinite_targets": float(bad_targets),
                 "nonfinite_parameters": float(bad_params),
                 "nonfinite_gradients": float(sum(grads.values())), "loss": case.loss}
+    if case.loss_scale != 1.0:
+        evidence["loss_scale"] = case.loss_scale
     return Finding("nonfinite", outputs + [n for n in grads if n not in outputs] or ["(inputs)"],
                    evidence, fix)
 
@@ -285,11 +293,16 @@ def exploding_rule(case: _Case) -> Finding | None:
     stds = case.diagnosis.output_std
     first = next(iter(stds.values()), math.nan)
     grows = [n for n, v in stds.items() if v > SIGNAL_RATIO_MAX * first]
-    return Finding(
-        "exploding", grows or list(case.diagnosis.grad_rms)[:1], case.shape_evidence(),
+    evidence, fix = case.shape_evidence(), (
         f"weights are {case.gain:.3g}x the Kaiming scale: re-initialise with Kaiming init "
         "(std = sqrt(2/fan_in); Xavier for tanh), add normalisation (LayerNorm/BatchNorm), "
         "and clip the gradient norm (clip_grad_norm_) with a lower learning rate")
+    if case.loss_scale != 1.0:  # the numbers here are unscaled; the user's own may not be
+        evidence["loss_scale"] = case.loss_scale
+        fix += (f". Under mixed precision, gradients still multiplied by the loss scale "
+                f"({case.loss_scale:g}) look exploding too: unscale them (scaler.unscale_(optimizer)) "
+                "before reading or clipping them; the numbers here are unscaled")
+    return Finding("exploding", grows or list(case.diagnosis.grad_rms)[:1], evidence, fix)
 
 
 def vanishing_rule(case: _Case) -> Finding | None:
@@ -414,6 +427,7 @@ def diagnose(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     steps: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Diagnosis:
     """Run one forward and backward pass of ``loss_fn(model(inputs), targets)`` under a
     ``GradientMonitor`` and read vanishing, exploding, dead-ReLU, saturation and non-finite
@@ -448,6 +462,10 @@ def diagnose(
         optimizer: the optimizer you train ``model`` with; needed when ``steps > 0``.
         steps: how many training steps to watch (0: none, the one-pass diagnosis only;
             5-20 is enough to see a too-high learning rate).
+        scaler: the ``GradScaler`` you train with under mixed precision: the backward runs
+            on the loss times its scale, as in training (float16 gradients underflow or
+            overflow as they do there), and every number reported is unscaled; an overflow
+            is reported as ``nonfinite`` naming the scale. The scaler is not changed.
 
     Returns:
         A ``Diagnosis``; ``findings`` is empty for a healthy model.
@@ -473,13 +491,16 @@ def diagnose(
         _check_steppable(optimizer)
     with inspecting(model):  # .grad, buffers, flags and the RNG are restored on the way out
         inputs, targets = usable(inputs), usable(targets)
+        # With a GradScaler the backward runs on the scaled loss, as in training (so float16
+        # gradients underflow or overflow as they do there); the statistics are unscaled.
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
         with GradientMonitor(model) as monitor:
             loss = checked_loss(loss_fn(model(inputs), targets), "diagnose")
-            loss.backward()
-            monitor.record()
+            (loss * scale if scale != 1.0 else loss).backward()
+            monitor._record(None, 1.0 / scale)
         diagnosis = _diagnosis(model, loss.item(), monitor)
         _apply_rules(_Case(model, loss_fn, inputs, targets, optimizer, steps, diagnosis.loss, monitor,
-                           diagnosis, _weight_layers(model)))
+                           diagnosis, _weight_layers(model), scale))
     return diagnosis
 
 

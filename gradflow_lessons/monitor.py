@@ -53,7 +53,7 @@ from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 
 from ._params import exact_norm, norms, trainable_parameters, wide
-from ._state import inspection_depth
+from ._state import inspection_depth, unscale_factor
 
 DEAD_KINDS = (nn.ReLU, nn.ReLU6)
 SATURATING_KINDS = (nn.Tanh, nn.Sigmoid)
@@ -354,11 +354,17 @@ class GradientMonitor:
 
     # ------------------------------------------------------------------ recording
 
-    def record(self, step: int | None = None) -> list[GradientRecord]:
+    def record(self, step: int | None = None, *, scaler: torch.amp.GradScaler | None = None
+               ) -> list[GradientRecord]:
         """Store the statistics of the current gradients, and of the forwards since the
         last record, as step ``step`` (default: the previous step + 1, starting at 0).
 
-        Call it after ``loss.backward()`` and before ``optimizer.step()``.
+        Call it after ``loss.backward()`` and before ``optimizer.step()``. Under mixed
+        precision pass the ``GradScaler``: while its gradients are still scaled (no
+        ``scaler.unscale_`` this step; read for the monitor's optimizer, or for any optimizer
+        when the monitor has none), norms, mean and max ``|g|`` and the histograms are of the
+        true gradients, ``.grad / scaler.get_scale()``; after ``unscale_`` they are taken as
+        they are.
 
         Returns:
             This step's gradient records, one per layer whose parameters have gradients.
@@ -368,11 +374,16 @@ class GradientMonitor:
             ValueError: no backward since the last record (one record per backward: a
                 second would be a phantom step), or ``step`` is already recorded.
         """
+        return self._record(step, unscale_factor(scaler, self.optimizer))
+
+    def _record(self, step: int | None, factor: float) -> list[GradientRecord]:
+        """``record``, with the gradients multiplied by ``factor`` (1 / loss scale) on the way."""
         present, grads = self._gradients_now()
         step = self._step_number(step)
         detail = self._due(self.detail_every)
         per_param = self._reduce_gradients(grads, detail)
-        grad_hist = self._gradient_histograms(present, grads) if self._due(self.histogram_every) else []
+        grad_hist = (self._gradient_histograms(present, grads, math.log10(factor))
+                     if self._due(self.histogram_every) else [])
         active = [i for i, sums in enumerate(self._act_sums) if sums is not None]
         act_hist = [(i, self._act_hist[i]) for i in active if self._act_hist[i] is not None]
 
@@ -383,7 +394,7 @@ class GradientMonitor:
             [next(moved) for _ in part] for part in parts)
         self._resolve(updates)
 
-        records = self._gradient_records(step, present, grads, per_param[0], detail)
+        records = self._gradient_records(step, present, grads, per_param[0], detail, factor)
         activations = [self._activation_record(step, i, sums) for i, sums in zip(active, act_sums)]
         histograms = [HistogramRecord(step, self.layers[layer], "gradient", self._grad_edges, counts)
                       for (layer, _), counts in zip(grad_hist, grad_counts)]
@@ -440,23 +451,26 @@ class GradientMonitor:
             per_param = [t.cpu() for t in per_param]
         return torch.stack(per_param).view(-1, len(grads))
 
-    def _gradient_histograms(self, present: list[int],
-                             grads: list[torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
-        """``(layer index, counts of log10 |g|)`` of each layer with gradients, on the device."""
+    def _gradient_histograms(self, present: list[int], grads: list[torch.Tensor],
+                             shift: float = 0.0) -> list[tuple[int, torch.Tensor]]:
+        """``(layer index, counts of log10 |g| + shift)`` of each layer with gradients, on the device."""
         out = []
         for layer in range(len(self.layers)):
             mine = [g.reshape(-1) for i, g in zip(present, grads) if self._owner[i] == layer]
             if mine:
-                values = self._sample(torch.cat(mine)).abs().log10()
+                values = self._sample(torch.cat(mine)).abs().log10() + shift
                 out.append((layer, _histogram(values, self._grad_edges)))
         return out
 
     def _gradient_records(self, step: int, present: list[int], grads: list[torch.Tensor],
-                          per_param: torch.Tensor, detail: bool) -> list[GradientRecord]:
-        """One record per layer with gradients, from the per-parameter reductions on the CPU."""
+                          per_param: torch.Tensor, detail: bool, factor: float = 1.0) -> list[GradientRecord]:
+        """One record per layer with gradients, from the per-parameter reductions on the CPU;
+        norms and |g| statistics multiplied by ``factor`` (1 / loss scale)."""
         l2, *more = per_param.tolist()
-        l2 = [exact_norm([g], value) for g, value in zip(grads, l2)]  # float32 lost it: redo in float64
+        l2 = [exact_norm([g], value) * factor for g, value in zip(grads, l2)]  # float32 lost it: float64
         l1, low, high, nonzero = more if detail else (None, None, None, None)
+        if detail and factor != 1.0:
+            l1, low, high = ([v * factor for v in values] for values in (l1, low, high))
         nonfinite = [0] * len(present)
         bad = [k for k in range(len(present)) if not math.isfinite(l2[k])]
         if bad:  # rare: count exactly (a second sync, only when something is NaN/Inf)

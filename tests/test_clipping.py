@@ -422,3 +422,30 @@ def test_passing_the_model_or_named_parameters_names_the_fix(clip):
         clip(model, 1.0)
     with pytest.raises(ValueError, match=r"named_parameters\(\) gives \(name, tensor\) pairs"):
         clip(model.named_parameters(), 1.0)
+
+
+# ------------------------------------------------------------ issue 24: mixed precision (GradScaler)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("clip", [lambda p, s: clip_by_norm_(p, 1.0, scaler=s),
+                                  lambda p, s: clip_by_value_(p, 0.1, scaler=s),
+                                  lambda p, s: agc_(p, scaler=s),
+                                  lambda p, s: PercentileClipper(50).clip_(p, scaler=s)])
+def test_clipping_refuses_gradients_still_scaled_and_clips_after_unscale(dtype, clip):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=dtype):
+        loss = model(torch.randn(8, 4)).float().pow(2).mean()
+    scaler.scale(loss).backward()
+    fix = r"still multiplied by the loss scale.*scaler\.unscale_\(optimizer\) before"
+    with pytest.raises(ValueError, match=fix):
+        clip(model.parameters(), scaler)
+    scaler.unscale_(optimizer)
+    true = flat_grad(model).double().norm().item()
+    stats = clip(model.parameters(), scaler)
+    assert stats.norm_before == pytest.approx(true, rel=1e-5)
+    scaler.step(optimizer)
+    scaler.update()

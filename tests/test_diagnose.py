@@ -497,3 +497,38 @@ def test_watching_works_with_an_optimizer_whose_constructor_needs_positional_arg
     optimizer = PositionalSGD(model.parameters(), 0.01, 0.9)
     diagnosis = diagnose(model, mse, *batch(), optimizer=optimizer, steps=3)
     assert len(diagnosis.watched_losses) == 4 and not optimizer.state  # the original is not stepped
+
+
+# ------------------------------------------------------------ issue 24: mixed precision (GradScaler)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_with_a_scaler_diagnose_reports_unscaled_numbers_and_leaves_the_scaler_alone(dtype):
+    model = mlp(0, depth=4).float()
+    x, y = (t.float() for t in batch())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    with torch.autocast("cpu", dtype=dtype):
+        plain = diagnose(model, mse, x, y)
+        scaled = diagnose(model, mse, x, y, scaler=scaler)
+    assert scaled.kinds == plain.kinds == []
+    for layer, rms in plain.grad_rms.items():
+        assert scaled.grad_rms[layer] == pytest.approx(rms, rel=1e-2)
+    assert scaler.get_scale() == 2.0**12 and not scaler._per_optimizer_states
+
+
+def test_an_exploding_finding_under_a_scaler_names_the_loss_scale():
+    model = mlp(0, depth=10, init="kaiming", gain=2.0).float()
+    x, y = (t.float() for t in batch())
+    diagnosis = diagnose(model, mse, x, y, scaler=torch.amp.GradScaler("cpu", init_scale=8.0))
+    finding = next(f for f in diagnosis.findings if f.kind == "exploding")
+    assert finding.evidence["loss_scale"] == 8.0 and "scaler.unscale_(optimizer)" in finding.fix
+
+
+def test_a_scaled_float16_overflow_is_reported_as_nonfinite_naming_the_scale():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1)).half()
+    x, y = torch.randn(64, 16).half(), torch.randn(64, 1).half()
+    diagnosis = diagnose(model, lambda out, t: 100 * mse(out.float(), t.float()), x, y,
+                         scaler=torch.amp.GradScaler("cpu", init_scale=2.0**24))
+    assert diagnosis.kinds == ["nonfinite"]
+    assert "GradScaler's scale" in diagnosis.findings[0].fix and diagnosis.findings[0].evidence["loss_scale"]

@@ -503,3 +503,38 @@ def test_a_forward_inside_torch_func_is_not_recorded_and_nothing_escapes():
         model(inputs).sum().backward()  # would raise if a vmapped tensor had escaped into the monitor
         monitor.record()
     assert all(a.calls == 1 for a in monitor.activations)
+
+
+# ------------------------------------------------------------ issue 24: mixed precision (GradScaler)
+
+
+def amp_step(dtype: torch.dtype):
+    """One autocast forward on the CPU and a scaled backward: (model, optimizer, scaler)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with torch.autocast("cpu", dtype=dtype):
+        loss = nn.functional.cross_entropy(model(torch.randn(32, 8)), torch.randint(0, 3, (32,)))
+    scaler.scale(loss).backward()
+    return model, optimizer, scaler
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("unscale_first", [False, True])
+def test_with_a_scaler_the_monitor_reports_the_true_gradients_before_and_after_unscale(dtype, unscale_first):
+    model, optimizer, scaler = amp_step(dtype)
+    true = {k: v / 2.0**10 for k, v in reference_norms(model).items()}
+    logs = torch.cat([p.grad.flatten() for p in model[0].parameters()]).abs().log10() - 10 * math.log10(2)
+    with GradientMonitor(model, optimizer, histogram_every=1) as monitor:
+        if unscale_first:
+            scaler.unscale_(optimizer)
+        norms = {r.layer: r.grad_norm for r in monitor.record(scaler=scaler)}
+        scaler.step(optimizer)
+        scaler.update()
+    for layer, norm in true.items():
+        assert norms[layer] == pytest.approx(norm, rel=1e-6)
+    hist = next(h for h in monitor.histograms if h.kind == "gradient" and h.layer == "0")
+    centre = (hist.edges[:-1] + hist.edges[1:]) / 2
+    mean_log = ((hist.counts * centre).sum() / hist.counts.sum()).item()
+    assert mean_log == pytest.approx(logs[torch.isfinite(logs)].mean().item(), abs=0.3)  # log10 |true g|
