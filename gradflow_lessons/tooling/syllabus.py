@@ -57,7 +57,7 @@ LESSONS: tuple[Lesson, ...] = (
            "aggressive clipping does; AGC", 95, "04_clip_by_norm.ipynb", exercise_minutes=45),
     Lesson("05", "Monitoring gradient flow", "05_monitoring_gradient_flow.ipynb",
            "Hooks by hand, then GradientMonitor; reading gradient-flow plots of healthy and "
-           "broken networks", 45),
+           "broken networks", 50),
     Lesson("06", "Residual and dense connections", "06_residual_and_dense.ipynb",
            "Why I + dF/dx keeps gradients alive; DenseNet paths; when skips are not enough "
            "and how scaling or normalisation fixes it", 40),
