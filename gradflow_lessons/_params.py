@@ -12,6 +12,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .distributed import is_sharded, sharded_total_norm
+
 
 def no_trainable_parameters() -> ValueError:
     """The error every tool raises for a model with nothing to differentiate."""
@@ -98,7 +100,10 @@ def norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``||(t_1, ..., t_k)||_2``, all tensors seen as one vector; 0-d on the first one's device."""
+    """``||(t_1, ..., t_k)||_2``, all tensors seen as one vector; 0-d on the first one's device.
+    FSDP2's sharded tensors (``DTensor``) count whole: one ``all_reduce``, in float64."""
+    if any(is_sharded(t) for t in tensors):
+        return sharded_total_norm(tensors)
     each = norms(tensors)
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in each) else each[0].dtype
     return torch.linalg.vector_norm(torch.stack([n.to(tensors[0].device, dtype) for n in each]))
@@ -109,6 +114,8 @@ def exact_norm(tensors: list[torch.Tensor], value: float) -> float:
     it is outside ``[TINY, HUGE]`` where float32 may have lost it (a second pass and a host
     sync, only then)."""
     if TINY <= value <= HUGE or value != value or all(t.dtype == torch.float64 for t in tensors):
+        return value
+    if any(is_sharded(t) for t in tensors):  # total_norm took them in float64 already
         return value
     squares = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64).cpu() ** 2 for t in tensors]
     return float(torch.stack(squares).sum().sqrt())

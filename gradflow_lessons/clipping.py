@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ._params import exact_norm, parameter_list, total_norm, wide
 from ._state import require_unscaled
+from .distributed import is_sharded, local, shard_group, sum_across
 
 Parameters = Tensor | Iterable[Tensor]
 
@@ -95,7 +96,12 @@ def _gradients(parameters: Parameters, caller: str, scaler: torch.amp.GradScaler
 
 
 def _count_nonfinite(grads: list[Tensor]) -> int:
-    return int(sum(int((~torch.isfinite(g)).sum()) for g in grads))
+    """NaN/Inf entries of ``grads``; FSDP2's sharded ones counted whole (one ``all_reduce``)."""
+    counts = torch.stack([(~torch.isfinite(local(g))).sum().cpu() for g in grads])
+    split = torch.tensor([is_sharded(g) for g in grads])
+    if split.any():
+        return int(sum_across(counts[split].sum(), shard_group(grads)) + counts[~split].sum())
+    return int(counts.sum())
 
 
 def _nonfinite_error(grads: list[Tensor], caller: str) -> RuntimeError:
@@ -254,14 +260,19 @@ def clip_by_value_(
         return _empty_stats(clip_value)
     def terms(before: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
         device = before.device
-        dots, after_sq, over = [], [], []
+        sums = []  # per gradient: ||clamped||^2, <g, clamped>, entries changed
         for g in grads:  # one temporary at a time, freed before the next tensor
-            flat = g.flatten().to(dtype or wide(g.dtype))  # float16 dot products overflow
+            flat = local(g).flatten().to(dtype or wide(g.dtype))  # float16 dot products overflow
             kept = flat.clamp(-clip_value, clip_value)
-            dots.append(torch.dot(flat, kept).to(device, before.dtype))
-            after_sq.append(torch.dot(kept, kept).to(device, before.dtype))
-            over.append(torch.count_nonzero(flat != kept).to(device))
-        return torch.stack(after_sq).sum().sqrt(), torch.stack(dots).sum(), torch.stack(over).sum()
+            sums.append(torch.stack([torch.dot(kept, kept).to(device, before.dtype),
+                                     torch.dot(flat, kept).to(device, before.dtype),
+                                     torch.count_nonzero(flat != kept).to(device, before.dtype)]))
+        table = torch.stack(sums)  # [P, 3]
+        split = torch.tensor([is_sharded(g) for g in grads], device=device)
+        total = table[~split].sum(0)
+        if split.any():  # FSDP2: the shards' sums over every rank, one all_reduce
+            total = total + sum_across(table[split].sum(0), shard_group(grads))
+        return total[0].sqrt(), total[1], total[2]
 
     with torch.no_grad():
         units = sum(g.numel() for g in grads)
@@ -425,6 +436,11 @@ def agc_(
     params, grads = _gradients(parameters, "agc_", scaler, clipping=clipping)
     if not grads:
         return _empty_stats(clipping)
+    if any(is_sharded(g) for g in grads):
+        raise NotImplementedError(
+            "agc_ does not take FSDP2's sharded gradients (DTensor) yet; clip by norm instead "
+            "(clip_by_norm_ or torch.nn.utils.clip_grad_norm_ take the whole norm), or run AGC on "
+            "an unsharded model (DDP)")
     skipped = {id(p) for p in skip}
     scales: list[Tensor | None] = []
 

@@ -54,6 +54,16 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 
 from ._params import exact_norm, norms, trainable_parameters, wide
 from ._state import inspection_depth, unscale_factor
+from .distributed import (
+    NORM,
+    ROW_RULES,
+    gather_sharded,
+    is_sharded,
+    keeps_history,
+    local,
+    shard_group,
+    sum_across,
+)
 
 DEAD_KINDS = (nn.ReLU, nn.ReLU6)
 SATURATING_KINDS = (nn.Tanh, nn.Sigmoid)
@@ -174,9 +184,16 @@ class GradientMonitor:
         activation_range: ``(lo, hi)`` of activation histograms (tanh always uses (-1, 1),
             sigmoid (0, 1)).
         max_steps: keep the statistics of the last ``max_steps`` recorded steps.
+        keep_on: under ``torch.distributed``, who keeps the history: ``"all"`` (every rank)
+            or a rank number (only that rank; the others still take part in the collectives
+            and ``record()`` still returns their records). Gradient norms and non-finite
+            counts are of the whole gradient on every rank: DDP's are replicated, and FSDP2's
+            sharded ones are combined with one ``all_gather`` per record (see
+            ``gradflow_lessons.distributed``). Activation statistics and histograms are of
+            this rank's own batch and shards.
 
     Raises:
-        ValueError: ``model`` has no trainable parameters.
+        ValueError: ``model`` has no trainable parameters; ``keep_on`` is not "all" or a rank.
 
     Hooks exist only between ``__enter__`` and ``__exit__`` (or ``close()``), also when the
     body raises; the recorded data stays readable afterwards.
@@ -195,6 +212,7 @@ class GradientMonitor:
         grad_range: tuple[float, float] = (-10.0, 1.0),
         activation_range: tuple[float, float] = (-3.0, 3.0),
         max_steps: int = 10_000,
+        keep_on: int | str = "all",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"GradientMonitor watches an nn.Module, got {type(model).__name__}")
@@ -206,6 +224,8 @@ class GradientMonitor:
         self.model, self.optimizer = model, optimizer
         self.histogram_every, self.detail_every = histogram_every, detail_every
         self.max_steps, self.dropped_steps = max_steps, 0
+        self.keep_on, self._keeps = keep_on, keeps_history(keep_on)
+        self._last_step = -1
         self.aliases: dict[str, list[str]] = {}  # first name -> every name of a shared module
         first: dict[int, str] = {}
         for name, module in model.named_modules(remove_duplicate=False):
@@ -220,6 +240,8 @@ class GradientMonitor:
         layer_of: dict[str, int] = {}
         self._owner = [layer_of.setdefault(name.rpartition(".")[0], len(layer_of)) for name in trainable]
         self.layers: list[str] = list(layer_of)
+        self._group = shard_group(self._params)  # None: no sharded parameter, nothing to gather
+        self._sharded = [i for i, p in enumerate(self._params) if is_sharded(p)]
 
         self._hooked = [
             (name, m) for name, m in model.named_modules()
@@ -325,7 +347,7 @@ class GradientMonitor:
     def _before_step(self, optimizer: object, args: object, kwargs: object) -> None:
         if self._awaiting is None:
             return  # no record() since the last step: nothing to attach a ratio to
-        now = [p.detach() for p in self._params]
+        now = [local(p.detach()) for p in self._params]
         if self._before is None:
             self._before = [p.clone() for p in now]
         else:
@@ -334,10 +356,13 @@ class GradientMonitor:
     def _after_step(self, optimizer: object, args: object, kwargs: object) -> None:
         if self._awaiting is None or self._before is None:
             return
-        now = [p.detach() for p in self._params]
+        now = [local(p.detach()) for p in self._params]
         torch._foreach_sub_(self._before, now)  # the buffer now holds -(W_after - W_before)
         pairs = torch.stack([torch.stack(norms(self._before)).double(),
                              torch.stack(norms(now)).double()], 1)  # [P, 2]
+        if self._group is not None:  # sharded: the whole tensors' norms, one collective per step
+            rows = pairs[self._sharded]
+            pairs[self._sharded] = gather_sharded(rows, [NORM] * rows.numel(), self._group).view_as(rows)
         self._unresolved.append((self._awaiting, pairs))
         self._awaiting = None
 
@@ -381,8 +406,11 @@ class GradientMonitor:
         present, grads = self._gradients_now()
         step = self._step_number(step)
         detail = self._due(self.detail_every)
-        per_param = self._reduce_gradients(grads, detail)
-        grad_hist = (self._gradient_histograms(present, grads, math.log10(factor))
+        shards = grads if self._group is None else [local(g) for g in grads]
+        per_param = self._reduce_gradients(shards, detail)
+        if self._group is not None:
+            per_param = self._combine_shards(present, shards, per_param, detail)
+        grad_hist = (self._gradient_histograms(present, shards, math.log10(factor))
                      if self._due(self.histogram_every) else [])
         active = [i for i, sums in enumerate(self._act_sums) if sums is not None]
         act_hist = [(i, self._act_hist[i]) for i in active if self._act_hist[i] is not None]
@@ -403,9 +431,27 @@ class GradientMonitor:
         self._store(_Step(records, activations, histograms))
         return records
 
+    def _combine_shards(self, present: list[int], shards: list[torch.Tensor], per_param: torch.Tensor,
+                        detail: bool) -> torch.Tensor:
+        """``per_param`` [1 or 5, P] of the local shards, with the sharded columns replaced by
+        the whole tensors' values: one ``all_gather`` (L2 norms redone in float64 first, so no
+        float32 underflow needs a second, collective pass)."""
+        sharded = set(self._sharded)
+        cols = [k for k, i in enumerate(present) if i in sharded]
+        if not cols:
+            return per_param
+        per_param = per_param.double()
+        l2 = torch._foreach_norm([shards[k] for k in cols], dtype=torch.float64)
+        per_param[0, cols] = torch.stack(l2).to(per_param.device)
+        rules = ROW_RULES[: per_param.shape[0]]
+        part = per_param[:, cols]  # [rows, S]
+        how = [rule for rule in rules for _ in cols]
+        per_param[:, cols] = gather_sharded(part, how, self._group).view_as(part)
+        return per_param
+
     def _step_number(self, step: int | None) -> int:
         if step is None:
-            return self._steps[-1].gradients[0].step + 1 if self._steps else 0
+            return self._last_step + 1
         if step in self._step_numbers:
             raise ValueError(
                 f"step {step} is already recorded; each record() needs its own step number (leave "
@@ -443,8 +489,10 @@ class GradientMonitor:
         """Per parameter, on the device, no sync: the L2 norm, and on detail steps the L1
         norm, min, max and count of non-zeros; [1 or 5, P]."""
         per_param = norms(grads)  # accumulated in float32 or wider, checked on the host
-        if detail:
-            extremes = [torch.aminmax(g) for g in grads]
+        if detail:  # an empty shard (FSDP2, uneven split) has no extremes: +inf/-inf, ignored later
+            extremes = [torch.aminmax(g) if g.numel() else
+                        torch.return_types.aminmax((g.new_full((), math.inf), g.new_full((), -math.inf)))
+                        for g in grads]
             per_param += [g.abs().sum(dtype=wide(g.dtype)) for g in grads] + [e.min for e in extremes]
             per_param += [e.max for e in extremes] + [torch.count_nonzero(g) for g in grads]
         if len({g.device for g in grads}) > 1:  # a model split over devices: gather first
@@ -467,14 +515,21 @@ class GradientMonitor:
         """One record per layer with gradients, from the per-parameter reductions on the CPU;
         norms and |g| statistics multiplied by ``factor`` (1 / loss scale)."""
         l2, *more = per_param.tolist()
-        l2 = [exact_norm([g], value) * factor for g, value in zip(grads, l2)]  # float32 lost it: float64
+        shared = set(self._sharded)
+        sharded = {k for k, i in enumerate(present) if i in shared}  # their norms: float64 already
+        l2 = [(value if k in sharded else exact_norm([g], value)) * factor  # float32 lost it: float64
+              for k, (g, value) in enumerate(zip(grads, l2))]
         l1, low, high, nonzero = more if detail else (None, None, None, None)
         if detail and factor != 1.0:
             l1, low, high = ([v * factor for v in values] for values in (l1, low, high))
         nonfinite = [0] * len(present)
         bad = [k for k in range(len(present)) if not math.isfinite(l2[k])]
         if bad:  # rare: count exactly (a second sync, only when something is NaN/Inf)
-            counts = torch.stack([(~torch.isfinite(grads[k])).sum() for k in bad]).tolist()
+            counts = torch.stack([(~torch.isfinite(local(grads[k]))).sum() for k in bad])
+            if any(k in sharded for k in bad):  # the same on every rank: their norms are shared
+                mask = torch.tensor([k in sharded for k in bad], device=counts.device)
+                counts = torch.where(mask, sum_across(counts, self._group), counts)
+            counts = counts.tolist()
             for k, count in zip(bad, counts):
                 nonfinite[k] = count
         rows_of: dict[int, list[int]] = {}
@@ -514,15 +569,19 @@ class GradientMonitor:
         )
 
     def _store(self, step: _Step) -> None:
-        """Keep ``step`` in the rolling window and get ready for the next one."""
+        """Keep ``step`` in the rolling window (on the ranks that keep the history) and get
+        ready for the next one."""
+        self._last_step = step.gradients[0].step
+        self._records_made += 1
+        self._awaiting = step.gradients if self.optimizer is not None else None
+        self._reset_activations()
+        if not self._keeps:
+            return
         self._steps.append(step)
         self._step_numbers.add(step.gradients[0].step)
         if len(self._steps) > self.max_steps:
             self._step_numbers.discard(self._steps.popleft().gradients[0].step)
             self.dropped_steps += 1
-        self._records_made += 1
-        self._awaiting = step.gradients if self.optimizer is not None else None
-        self._reset_activations()
 
     # ------------------------------------------------------------------ reading
 
