@@ -69,7 +69,7 @@ LESSONS: tuple[Lesson, ...] = (
            "stability", 35),
     Lesson("09", "Diagnose and fix", "09_diagnose_and_fix.ipynb",
            "Detect vanishing, exploding, dead, saturated and non-finite gradients (and a too-high "
-           "learning rate) and apply the prescribed fix", 110, "09_gradient_dashboard.ipynb",
+           "learning rate) and apply the prescribed fix", 115, "09_gradient_dashboard.ipynb",
            exercise_minutes=75),
     Lesson("10", "Interview deep-dive", "10_interview_questions.ipynb",
            "Sigmoid vs ReLU and dead ReLUs; why skips work and when they do not; choosing a "
@@ -82,7 +82,7 @@ LESSONS: tuple[Lesson, ...] = (
            "the first checks on real data (initial loss, symmetry breaking, a CNN's gradient flow)", 25),
     Lesson("12", "Mixed precision", "12_mixed_precision.ipynb",
            "float32, float16 and bfloat16 on the number line; which gradients underflow, layer by layer; "
-           "loss scaling by hand and with GradScaler; norms and clipping in low precision", 120,
+           "loss scaling by hand and with GradScaler; norms and clipping in low precision", 125,
            "12_loss_scaling.ipynb", exercise_minutes=70),
     Lesson("13", "The gradient clinic", "13_gradient_clinic.ipynb",
            "A method for a run that does not converge: examine with the tools, name the illness from a "
