@@ -7,8 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from gradflow_lessons.diagnose import KINDS, LOSS_GROWTH_MAX, UPDATE_RATIO_MAX, Diagnosis, diagnose
-from gradflow_lessons.models import MLP
+from gradflow_lessons.diagnose import (
+    ATTENTION_SATURATED_FRACTION,
+    KINDS,
+    LOSS_GROWTH_MAX,
+    TIME_RATIO_MIN,
+    UPDATE_RATIO_MAX,
+    Diagnosis,
+    diagnose,
+)
+from gradflow_lessons.models import MLP, RNNClassifier, TransformerClassifier
 from gradflow_lessons.monitor import count_hooks
 from gradflow_lessons.skips import ResidualCNN, ResidualMLP
 
@@ -532,3 +540,78 @@ def test_a_scaled_float16_overflow_is_reported_as_nonfinite_naming_the_scale():
                          scaler=torch.amp.GradScaler("cpu", init_scale=2.0**24))
     assert diagnosis.kinds == ["nonfinite"]
     assert "GradScaler's scale" in diagnosis.findings[0].fix and diagnosis.findings[0].evidence["loss_scale"]
+
+
+# --------------------------------------------------------------------------- through time, attention
+
+
+def sequences(seed: int, steps: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 1000)
+    return torch.randn(batch, steps, 4, generator=g), torch.randint(0, 2, (batch,), generator=g)
+
+
+def lstm(seed: int, forget_bias: float | None) -> nn.Module:
+    torch.manual_seed(seed)
+    return RNNClassifier(4, 16, 2, cell="lstm", forget_bias=forget_bias)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("forget_bias", [None, 1.0])
+def test_a_healthy_short_sequence_lstm_has_no_findings(seed, forget_bias):
+    inputs, targets = sequences(seed, 10)
+    found = diagnose(lstm(seed, forget_bias), cross_entropy, inputs, targets)
+    assert found.healthy, found.report()
+    norms = found.time_gradient
+    assert len(norms) == 10 and norms[0] / norms[-1] > TIME_RATIO_MIN
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_diagnose_finds_vanishing_through_time_behind_a_closed_forget_gate(seed):
+    inputs, targets = sequences(seed, 10)
+    found = diagnose(lstm(seed, -5.0), cross_entropy, inputs, targets)
+    assert found.kinds == ["vanishing"]
+    finding = found.findings[0]
+    assert finding.layers == ["rnn"]
+    assert finding.evidence["first_to_last"] < TIME_RATIO_MIN and finding.evidence["time_steps"] == 10
+    assert finding.evidence["forget_bias"] == pytest.approx(-5.0)
+    assert finding.evidence["decay_per_step"] == pytest.approx(finding.evidence["first_to_last"] ** (1 / 9))
+    assert "forget-gate bias" in finding.fix and "truncate" in finding.fix and "attention" in finding.fix
+
+
+def test_a_recurrent_model_no_gradient_reaches_is_vanishing_through_time():
+    model = lstm(0, None)
+    with torch.no_grad():
+        model.rnn.weight_ih_l0.zero_()  # the inputs reach nothing: dL/dx_t = 0 at every step
+    inputs, targets = sequences(0, 10)
+    found = diagnose(model, cross_entropy, inputs, targets)
+    assert "vanishing" in found.kinds
+    assert math.isnan(next(f for f in found.findings if f.kind == "vanishing").evidence["first_to_last"])
+
+
+def transformer(seed: int, norm_first: bool, query_key_scale: float = 1.0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = TransformerClassifier(4, 2, depth=2, norm_first=norm_first)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.self_attn.in_proj_weight[:64] *= query_key_scale  # the query and key rows
+    return model.eval()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_a_healthy_transformer_has_no_findings(norm_first):
+    inputs, targets = sequences(0, 16, batch=32)
+    found = diagnose(transformer(0, norm_first), cross_entropy, inputs, targets)
+    assert found.healthy, found.report()
+    assert sorted(found.attention_saturated_fraction) == ["layers.0.self_attn", "layers.1.self_attn"]
+    assert max(found.attention_saturated_fraction.values()) < ATTENTION_SATURATED_FRACTION
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_diagnose_finds_saturated_attention_with_the_entropy_evidence(norm_first):
+    inputs, targets = sequences(0, 16, batch=32)
+    found = diagnose(transformer(0, norm_first, query_key_scale=10.0), cross_entropy, inputs, targets)
+    finding = next(f for f in found.findings if f.kind == "saturation")
+    assert set(finding.layers) <= {"layers.0.self_attn", "layers.1.self_attn"} and finding.layers
+    assert finding.evidence["max_attention_saturated_fraction"] > ATTENTION_SATURATED_FRACTION
+    assert 0 <= finding.evidence["min_attention_entropy_normalized"] < 0.5
+    assert "QK-LayerNorm" in finding.fix
