@@ -30,6 +30,7 @@ distributed = pytest.mark.skipif(
 pytestmark = [pytest.mark.slow, distributed]
 TIMEOUT_S = 90
 mse = nn.functional.mse_loss
+COLLECTIVES: list[str] = []  # the worker counts torch.distributed calls here
 
 
 def build(seed: int = 0, sick: bool = False) -> nn.Module:
@@ -51,13 +52,16 @@ def train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, keep_on
     """Two monitored SGD steps, then the ClipStats of a third backward (NaN in one entry when
     ``poison``: ``layer 0's weight[0, 0]``, which FSDP2 puts on rank 0)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    per_record = []
     with GradientMonitor(model, optimizer, keep_on=keep_on) as monitor:
         for _ in range(2):
             optimizer.zero_grad()
             mse(model(inputs), targets).backward()
+            before = len(COLLECTIVES)
             last = monitor.record()
+            per_record.append(len(COLLECTIVES) - before)
             optimizer.step()
-    clips = {}
+    clips = {"collectives_per_record": per_record}
     for name, clip in (("norm", lambda p: clipping.clip_by_norm_(p, 0.05)),
                        ("value", lambda p: clipping.clip_by_value_(p, 0.01))):
         optimizer.zero_grad()
@@ -72,11 +76,20 @@ def train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, keep_on
     return last, monitor.history, clips
 
 
+def _counted(name: str, collective):
+    def call(*args, **kwargs):
+        COLLECTIVES.append(name)
+        return collective(*args, **kwargs)
+    return call
+
+
 def _worker(rank: int, case: str, port: int, out: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    for collective in ("all_gather", "all_reduce"):  # count the toolkit's collectives
+        setattr(dist, collective, _counted(collective, getattr(dist, collective)))
     try:
         kind, _, variant = case.partition("-")
         inputs, targets = data()
@@ -162,6 +175,13 @@ def test_monitor_under_distributed_training_equals_one_process(kind, tmp_path):
         assert_same_records(rank["history"], history)
 
 
+@pytest.mark.parametrize(("kind", "count"), [("ddp", 0), ("fsdp", 1)])
+def test_a_record_costs_one_collective_under_fsdp_and_none_under_ddp(kind, count, tmp_path):
+    for rank in run_ranks(kind, tmp_path):
+        assert rank["clips"]["collectives_per_record"] == [count, count]
+    assert reference()[2]["collectives_per_record"] == [0, 0]
+
+
 def test_fsdp_history_is_kept_on_rank_0_only_when_asked(tmp_path):
     ranks = run_ranks("fsdp-rank0", tmp_path)
     last, history, _ = reference()
@@ -176,6 +196,8 @@ def test_clip_stats_under_distributed_training_equal_one_process(kind, tmp_path)
     _, _, clips = reference()
     for rank in ranks:
         for method, want in clips.items():
+            if method == "collectives_per_record":
+                continue
             got = rank["clips"][method]
             assert got.clipped == want.clipped and got.nonfinite == want.nonfinite
             for field in ("norm_before", "norm_after", "fraction_clipped", "cosine"):
