@@ -63,7 +63,8 @@ def train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, keep_on
             optimizer.step()
     clips = {"collectives_per_record": per_record}
     for name, clip in (("norm", lambda p: clipping.clip_by_norm_(p, 0.05)),
-                       ("value", lambda p: clipping.clip_by_value_(p, 0.01))):
+                       ("value", lambda p: clipping.clip_by_value_(p, 0.01)),
+                       ("monitor", lambda p: nonfinite_counts(model))):
         optimizer.zero_grad()
         mse(model(inputs), targets).backward()
         if poison:
@@ -74,6 +75,11 @@ def train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, keep_on
                 shard[0, 0] = float("nan")
         clips[name] = clip(model.parameters())
     return last, monitor.history, clips
+
+
+def nonfinite_counts(model: nn.Module) -> list[int]:
+    with GradientMonitor(model, activations=False) as monitor:
+        return [r.nonfinite for r in monitor.record()]
 
 
 def _counted(name: str, collective):
@@ -196,7 +202,7 @@ def test_clip_stats_under_distributed_training_equal_one_process(kind, tmp_path)
     _, _, clips = reference()
     for rank in ranks:
         for method, want in clips.items():
-            if method == "collectives_per_record":
+            if method in ("collectives_per_record", "monitor"):
                 continue
             got = rank["clips"][method]
             assert got.clipped == want.clipped and got.nonfinite == want.nonfinite
@@ -207,10 +213,11 @@ def test_clip_stats_under_distributed_training_equal_one_process(kind, tmp_path)
 def test_fsdp_counts_a_nan_on_one_shard_on_every_rank(tmp_path):
     ranks = run_ranks("fsdp-nan", tmp_path)
     _, _, clips = reference(poison=True)
-    assert clips["norm"].nonfinite == 1
+    assert clips["norm"].nonfinite == 1 and clips["monitor"] == [1, 0, 0]
     for rank in ranks:
         assert rank["clips"]["norm"].nonfinite == 1
         assert rank["clips"]["value"].nonfinite == 1
+        assert rank["clips"]["monitor"] == [1, 0, 0]  # GradientMonitor's count, layer by layer
 
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
