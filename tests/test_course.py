@@ -91,3 +91,36 @@ def test_citation_version_is_the_package_version():
 def test_readme_states_the_course_length_the_map_adds_up_to():
     hours = round(sum(lesson.minutes for lesson in LESSONS) / 60)
     assert f"add up to about {hours} hours" in " ".join((ROOT / "README.md").read_text().split())
+
+
+TIME_LINE = re.compile(
+    r"\*\*Time:\*\* about (\d+) minutes(?:: (\d+) for the lesson, (\d+) for the exercise)?")
+
+
+def _stated_time(path: Path) -> re.Match | None:
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells[:4]
+    found = (TIME_LINE.search(c.source) for c in cells if c.cell_type == "markdown")
+    return next((m for m in found if m), None)
+
+
+@pytest.mark.parametrize("lesson", [lesson for lesson in LESSONS if lesson.number != "00"],
+                         ids=lambda lesson: lesson.number)
+def test_each_lesson_and_exercise_states_the_time_the_course_map_gives(lesson):
+    path = ROOT / "notebooks" / lesson.notebook
+    if not path.is_file():
+        pytest.skip("not written yet")
+    stated = _stated_time(path)
+    assert stated, f"{lesson.notebook}: no '**Time:** about N minutes' line in its header"
+    minutes, exercise = lesson.minutes, lesson.exercise_minutes
+    wanted = (str(minutes), str(minutes - exercise), str(exercise))
+    assert stated.group(1) == wanted[0], (
+        f"{lesson.notebook} says {stated.group(1)} min, the map {lesson.minutes}")
+    if lesson.exercise:
+        assert stated.groups()[1:] == wanted[1:], (
+            f"{lesson.notebook}: write 'about {wanted[0]} minutes: {wanted[1]} for the lesson, "
+            f"{wanted[2]} for the exercise'")
+        solution = _stated_time(ROOT / "solutions" / lesson.exercise)
+        assert solution is None or solution.group(1) == wanted[2], (
+            f"solutions/{lesson.exercise}: its '**Time:** about N minutes' must be the map's {wanted[2]}")
