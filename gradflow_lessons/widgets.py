@@ -11,15 +11,17 @@ a control's ``.value`` and check the redrawn data without a browser.
     explorer.widget          # display this in a notebook
     explorer.depth.value = 40  # redraws, as moving the slider does
 
-The figure's alt text (what a screen reader says instead of the picture) is the ``Image``
-widget's ``tooltip`` (``ipywidgets.Image`` has no ``alt``; the tooltip becomes the image
-element's ``title``, which browsers show on hover and screen readers announce), and the
-explorer's ``alt`` attribute; it is rewritten with the numbers on every redraw.
+The figure's alt text (what a screen reader says instead of the picture) is the explorer's
+``alt`` attribute, rewritten with the numbers on every redraw, and the PNG's own
+``Description`` text chunk, which the course site uses as the picture's alt.
+``ipywidgets.Image`` has no ``alt``, and setting its ``tooltip`` makes JupyterLab's widget
+manager (jupyterlab_widgets 3.0) fail to draw the image at all, so neither is used.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 
 import ipywidgets as widgets
 import matplotlib as mpl
@@ -38,7 +40,7 @@ from .skips import CONNECTIONS
 
 __all__ = [
     "COLORS", "GradientFlowExplorer", "RecurrenceExplorer", "SkipConnectionExplorer", "figure_png",
-    "mlp_gradient_norms", "recurrence_gradient_norms", "set_alt_text",
+    "mlp_gradient_norms", "recurrence_gradient_norms",
 ]
 
 # plain, residual, dense: Okabe-Ito colours, and a marker and line style each as well
@@ -46,8 +48,7 @@ LINE_STYLES = {c: CATEGORY_STYLES[i] for i, c in enumerate(("residual", "plain",
 COLORS = {c: style["color"] for c, style in LINE_STYLES.items()}
 
 
-def figure_png(figure: Figure, dpi: int = 100, alt: str | None = None,
-               image: widgets.Image | None = None) -> bytes:
+def figure_png(figure: Figure, dpi: int = 100, alt: str | None = None) -> bytes:
     """``figure`` rendered as PNG bytes, the value of an ``ipywidgets.Image``.
 
     Unlike ``display(figure)`` inside an ``Output`` widget, setting an ``Image``'s value never
@@ -57,33 +58,33 @@ def figure_png(figure: Figure, dpi: int = 100, alt: str | None = None,
     Args:
         figure: the figure to render.
         dpi: resolution.
-        alt: the figure's alt text: one sentence saying what it shows (and its numbers).
-        image: the ``Image`` widget that will show the bytes; ``alt`` is set on it
-            (``set_alt_text``): ``ipywidgets.Image`` has no ``alt`` attribute, so the text
-            goes to its ``tooltip``, the ``title`` of the image element in the page.
-
-    Raises:
-        ValueError: ``image`` is given without ``alt``.
+        alt: the figure's alt text, one sentence saying what it shows (and its numbers),
+            stored in the PNG as its ``Description`` (``png_description`` reads it back).
     """
-    if image is not None:
-        if not alt:
-            raise ValueError("figure_png(figure, image=...) needs alt='what the figure shows' "
-                             "for readers who cannot see it")
-        set_alt_text(image, alt)
     buffer = io.BytesIO()
     # savefig restores a figure without a layout engine by asking rcParams again, so under the
     # course style (constrained layout) a fixed-layout figure would turn constrained after its
     # first render, and every later render would pay for the layout pass.
     with mpl.rc_context({"figure.constrained_layout.use": False, "figure.autolayout": False}):
-        figure.savefig(buffer, format="png", dpi=dpi)
+        figure.savefig(buffer, format="png", dpi=dpi, metadata={"Description": alt} if alt else None)
     return buffer.getvalue()
 
 
-def set_alt_text(image: widgets.Image, alt: str) -> None:
-    """Attach ``alt`` to an ``Image`` widget as its ``tooltip``: ``ipywidgets.Image`` has no
-    ``alt``, and the tooltip is rendered as the image element's ``title``, which browsers
-    show on hover and screen readers announce."""
-    image.tooltip = alt
+def png_description(png: bytes) -> str | None:
+    """The ``Description`` text chunk of PNG bytes (``figure_png``'s ``alt``), or None."""
+    png = bytes(png)  # an Image widget's value may be a memoryview
+    position = 8  # after the signature; then chunks: length, type, data, CRC
+    while position + 8 <= len(png):
+        length = int.from_bytes(png[position:position + 4], "big")
+        kind, data = png[position + 4:position + 8], png[position + 8:position + 8 + length]
+        if kind == b"tEXt" and data.startswith(b"Description\0"):
+            return data.split(b"\0", 1)[1].decode("latin-1")
+        if kind == b"iTXt" and data.startswith(b"Description\0"):  # text beyond Latin-1: UTF-8
+            compressed, rest = data[12], data[14:]
+            text = rest.split(b"\0", 2)[2]  # after the language tag and the translated keyword
+            return (zlib.decompress(text) if compressed else text).decode("utf-8")
+        position += 12 + length
+    return None
 
 
 class SkipConnectionExplorer:
@@ -108,7 +109,7 @@ class SkipConnectionExplorer:
         profiles: the last ``GradientProfile`` of each connection, as drawn.
         lines: the matplotlib line of each connection.
         image: the ``Image`` widget showing the figure (``figure_png``).
-        alt: the figure's alt text, as last drawn (also the image's ``tooltip``).
+        alt: the figure's alt text, as last drawn (also in the PNG, ``png_description``).
         widget: the ``VBox`` to display.
     """
 
@@ -169,7 +170,7 @@ class SkipConnectionExplorer:
         alt = (f"Gradient norm of every layer, stem to head, log scale, for plain, residual and "
                f"dense networks of depth {self.depth.value}; at the stem: {firsts}.")
         self.alt = alt
-        self.image.value = figure_png(self.figure, alt=alt, image=self.image)
+        self.image.value = figure_png(self.figure, alt=alt)
 
 
 # --------------------------------------------------------------------------- lessons 02 and 03
@@ -259,7 +260,7 @@ class GradientFlowExplorer:
         alt = (f"Gradient norm of each linear layer, input to output, log scale: {setting}; "
                f"the first layer gets {ratio:.1e} times the last layer's gradient.")
         self.alt = alt
-        self.image.value = figure_png(self.figure, alt=alt, image=self.image)
+        self.image.value = figure_png(self.figure, alt=alt)
 
 
 class RecurrenceExplorer:
@@ -331,4 +332,4 @@ class RecurrenceExplorer:
         alt = (f"Norm of dL/dh_t against time step t, log scale, measured (solid) and predicted "
                f"radius^(T - t) (dashed): {setting}; dL/dh_0 is {ratio:.1e} times dL/dh_T.")
         self.alt = alt
-        self.image.value = figure_png(self.figure, alt=alt, image=self.image)
+        self.image.value = figure_png(self.figure, alt=alt)

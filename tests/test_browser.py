@@ -130,6 +130,8 @@ def test_lesson_widgets_render_and_redraw_when_a_slider_moves(jupyterlab, browse
         area = panel.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
         readout = area.locator(".widget-readout").first
         figure = area.locator("img").first
+        # JupyterLab skips rendering cells out of view: bring the explorer on screen first.
+        area.scroll_into_view_if_needed(timeout=30_000)
         figure.wait_for(timeout=30_000)
         before = (readout.inner_text(), figure.get_attribute("src"))
         handle = slider.locator(".noUi-handle").first

@@ -9,6 +9,7 @@ from gradflow_lessons.widgets import (
     GradientFlowExplorer,
     RecurrenceExplorer,
     mlp_gradient_norms,
+    png_description,
     recurrence_gradient_norms,
 )
 
@@ -158,7 +159,7 @@ def test_explorer_figures_keep_their_fixed_layout_under_the_course_style(batch):
 
 
 def test_explorers_carry_alt_text_that_follows_the_controls(explorer):
-    assert explorer.image.tooltip == explorer.alt and "depth 4" in explorer.alt
+    assert png_description(explorer.image.value) == explorer.alt and "depth 4" in explorer.alt
     recurrence = RecurrenceExplorer(radius=0.9, steps=10, width=8)
     recurrence.steps.value = 12
-    assert "T = 12" in recurrence.image.tooltip
+    assert "T = 12" in png_description(recurrence.image.value)

@@ -27,6 +27,7 @@ from pathlib import Path
 import nbformat
 
 from gradflow_lessons.tooling.syllabus import LESSONS
+from gradflow_lessons.widgets import png_description
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -67,8 +68,8 @@ def _images_under(model_id: str, state: dict, seen: set[str] | None = None) -> l
     if model.get("model_name") == "ImageModel":
         for buffer in model.get("buffers", []):
             if buffer.get("path") == ["value"] and buffer.get("encoding") == "base64":
-                alt = model.get("state", {}).get("description") or "the explorer's figure"
-                found.append((base64.b64decode(buffer["data"]), alt))
+                png = base64.b64decode(buffer["data"])
+                found.append((png, png_description(png) or "the explorer's figure"))
     children = model.get("state", {}).get("children", [])
     for child in children if isinstance(children, list) else []:
         if isinstance(child, str) and child.startswith("IPY_MODEL_"):
