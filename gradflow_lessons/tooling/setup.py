@@ -68,33 +68,31 @@ def setup() -> Path:
     return python
 
 
+def _apt_install(package: str, purpose: str, otherwise: str) -> None:
+    """Install Debian's ``package`` with apt-get when we are root on a Debian-like system;
+    else say what will happen without it (``otherwise``) and how to install it."""
+    apt = shutil.which("apt-get")
+    if not apt or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        say(f"{package} not found, so {otherwise}; install your system's {package} package")
+        return
+    say(f"installing Debian's {package} for {purpose} (once) ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-q", package]
+    if run(install, env=env) != 0 and (run([apt, "update", "-q"], env=env) or run(install, env=env)):
+        say(f"could not install {package}; {purpose} will fail in CI and skip elsewhere")
+
+
 def ensure_browser() -> None:
     """Install Debian's chromium for the browser tests when it is missing and we can."""
     if os.environ.get("GRADFLOW_CHROMIUM") or shutil.which("chromium"):
         return
-    apt = shutil.which("apt-get")
-    if not apt or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        say("Chromium not found, so the browser tests will be skipped; install your system's "
-            "chromium package or set GRADFLOW_CHROMIUM to a Chromium binary to run them")
-        return
-    say("installing Debian's chromium for the browser tests (once) ...")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "-q", "chromium"]
-    if run(install, env=env) != 0 and (run([apt, "update", "-q"], env=env) or run(install, env=env)):
-        say("could not install chromium; the browser tests will fail in CI and skip elsewhere")
+    _apt_install("chromium", "the browser tests",
+                 "the browser tests will be skipped (or set GRADFLOW_CHROMIUM to a Chromium binary)")
 
 
 def ensure_sandbox() -> None:
     """Install Debian's bubblewrap for the grader's sandbox when it is missing and we can."""
     if shutil.which("bwrap") or not sys.platform.startswith("linux"):
         return
-    apt = shutil.which("apt-get")
-    if not apt or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        say("bubblewrap (bwrap) not found, so the grader's sandbox tests will be skipped and "
-            "gradflow-grade will ask for --sandbox none; install your system's bubblewrap package")
-        return
-    say("installing Debian's bubblewrap for the grader's sandbox (once) ...")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "-q", "bubblewrap"]
-    if run(install, env=env) != 0 and (run([apt, "update", "-q"], env=env) or run(install, env=env)):
-        say("could not install bubblewrap; the sandbox tests will fail in CI and skip elsewhere")
+    _apt_install("bubblewrap", "the grader's sandbox tests",
+                 "the sandbox tests will be skipped and gradflow-grade will ask for --sandbox none")
