@@ -81,7 +81,7 @@ def test_every_exercise_has_plausible_wrong_answers(solution):
     assert (ROOT / "tests" / "wrong_answers" / f"{solution.stem}.py").is_file()
 
 
-@pytest.mark.parametrize("name, description, cells", CASES, ids=[c[1] for c in CASES])
+@pytest.mark.parametrize("name, description, cells", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])
 def test_a_plausible_wrong_answer_fails_a_check(name, description, cells):
     solution = ROOT / "solutions" / name
     nb = nbformat.read(solution, as_version=4)
