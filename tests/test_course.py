@@ -124,3 +124,18 @@ def test_each_lesson_and_exercise_states_the_time_the_course_map_gives(lesson):
         solution = _stated_time(ROOT / "solutions" / lesson.exercise)
         assert solution is None or solution.group(1) == wanted[2], (
             f"solutions/{lesson.exercise}: its '**Time:** about N minutes' must be the map's {wanted[2]}")
+
+
+@pytest.mark.parametrize("lesson", [lesson for lesson in LESSONS if lesson.number != "00"],
+                         ids=lambda lesson: lesson.number)
+def test_each_lesson_asks_the_learner_to_predict_at_least_three_times_with_answers(lesson):
+    path = ROOT / "notebooks" / lesson.notebook
+    if not path.is_file():
+        pytest.skip("not written yet")
+    import nbformat
+
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+    prompts, answers = text.count("**Predict, then run.**"), text.count("<details>")
+    assert prompts >= 3 and answers >= 3, (
+        f"{lesson.notebook}: {prompts} '**Predict, then run.**' prompts and {answers} <details> answers; "
+        "a lesson asks at least three, each answered in a collapsed <details> block after its experiment")
