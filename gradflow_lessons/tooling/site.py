@@ -26,7 +26,7 @@ from pathlib import Path
 
 import nbformat
 
-from gradflow_lessons.tooling.syllabus import LESSONS
+from gradflow_lessons.tooling.syllabus import LESSONS, markdown_table
 from gradflow_lessons.widgets import png_description
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -132,18 +132,14 @@ def _page(path: Path, target: Path, download: Path | None = None) -> None:
 
 
 def home_page(root: Path) -> str:
-    rows = ["| # | lesson | you will learn to | min | exercise |", "|---|---|---|---|---|"]
+    """The site's home page: the course map (``syllabus.markdown_table``) and the navigation,
+    lessons in course order, each followed by its exercise's solution page."""
     order = []
     for lesson in LESSONS:
-        if not lesson.is_written(root):
-            continue
-        order.append(f"notebooks/{Path(lesson.notebook).stem}")
-        exercise = ""
-        if lesson.exercise and (root / "solutions" / lesson.exercise).is_file():
-            order.append(f"solutions/{Path(lesson.exercise).stem}")
-            exercise = f"[{Path(lesson.exercise).stem}](solutions/{Path(lesson.exercise).stem}.ipynb)"
-        link = f"[{lesson.title}](notebooks/{Path(lesson.notebook).stem}.ipynb)"
-        rows.append(f"| {lesson.number} | {link} | {lesson.objectives} | {lesson.minutes} | {exercise} |")
+        if lesson.is_written(root):
+            order.append(f"notebooks/{Path(lesson.notebook).stem}")
+            if lesson.exercise and (root / "solutions" / lesson.exercise).is_file():
+                order.append(f"solutions/{Path(lesson.exercise).stem}")
     toctree = "\n".join(order)
     return (
         "# gradflow: gradient flow in deep learning\n\n"
@@ -151,7 +147,7 @@ def home_page(root: Path) -> str:
         "to do when it does not arrive. Every number and figure on these pages was computed by "
         "the notebook's own cells, seeded, on a CPU. To run the lessons and do the exercises, "
         "clone the repository and run `python3 -m gradflow_lessons.course start`.\n\n"
-        "## Course map\n\n" + "\n".join(rows) + "\n\n"
+        "## Course map\n\n" + markdown_table(root, site=True) + "\n\n"
         f"```{{toctree}}\n:hidden:\n:maxdepth: 1\n\n{toctree}\n```\n"
     )
 

@@ -124,12 +124,14 @@ def estimate_minutes(root: Path, lesson: Lesson) -> tuple[int, int]:
     return _up_to_5(reading), exercise
 
 
-def markdown_table(root: Path | None = None, links: bool = False) -> str:
+def markdown_table(root: Path | None = None, links: bool = False, site: bool = False) -> str:
     """The course map as a markdown table.
 
     Args:
         root: the course checkout; lessons not written yet are marked "(in preparation)".
         links: link each written lesson and exercise (relative to notebooks/).
+        site: link them as the course site does (lesson pages under notebooks/, each
+            exercise to its solution page, which offers the exercise for download).
     """
     rows = [
         "| # | lesson | you will learn to | min | exercise |",
@@ -138,13 +140,14 @@ def markdown_table(root: Path | None = None, links: bool = False) -> str:
     for lesson in LESSONS:
         title = lesson.title
         written = root is None or lesson.is_written(root)
-        if links and written:
-            title = f"[{title}]({lesson.notebook})"
+        if (links or site) and written:
+            title = f"[{title}]({'notebooks/' if site else ''}{lesson.notebook})"
         if not written:
             title += " (in preparation)"
         exercise = lesson.exercise.removesuffix(".ipynb")
-        if links and exercise and root is not None and (root / "exercises" / lesson.exercise).is_file():
-            exercise = f"[{exercise}](../exercises/{lesson.exercise})"
+        handed_out = root is not None and (root / "exercises" / lesson.exercise).is_file()
+        if (links or site) and exercise and handed_out:
+            exercise = f"[{exercise}]({'solutions/' if site else '../exercises/'}{lesson.exercise})"
         minutes = str(lesson.minutes)
         if lesson.exercise_minutes:
             minutes += f" ({lesson.exercise_minutes} exercise)"
