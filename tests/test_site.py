@@ -36,6 +36,14 @@ def test_alt_text_survives_into_the_page_html():
         "text/html": '<img src="data:image/png;base64,iVBORw0KGgo=" alt="a &quot;plot&quot;" />'}
 
 
+def test_notebook_links_in_markdown_outputs_point_at_pages():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
+        "display_data", data={"text/markdown": "[01](01_x.ipynb) and [ex](../exercises/01_y.ipynb)"})])])
+    assert site.output_links(nb) == 1
+    rewritten = nb.cells[0].outputs[0]["data"]["text/markdown"]
+    assert rewritten == "[01](01_x.html) and [ex](../solutions/01_y.html)"
+
+
 def test_the_home_page_is_the_course_map_in_course_order():
     home = site.home_page(ROOT)
     written = [lesson for lesson in LESSONS if lesson.is_written(ROOT)]
@@ -91,7 +99,7 @@ def test_every_page_loads_cleanly_with_its_figures_and_working_links(served_site
     assert not errors, errors[:10]
     assert not broken_images, broken_images[:10]
     assert not missing_alt, missing_alt[:10]
-    assert not broken_links, broken_links[:10]
+    assert not broken_links, broken_links[:60]
 
 
 @pytest.mark.slow

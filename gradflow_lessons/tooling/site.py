@@ -19,6 +19,7 @@ import base64
 import copy
 import html
 import importlib.util
+import re
 import shutil
 import sys
 import warnings
@@ -120,10 +121,31 @@ def carry_alt_text(nb: nbformat.NotebookNode) -> int:
     return changed
 
 
+NOTEBOOK_LINK = re.compile(r"\]\((\.\./exercises/)?([\w.-]+)\.ipynb\)")
+
+
+def output_links(nb: nbformat.NotebookNode) -> int:
+    """Point the notebook links inside markdown *outputs* at pages (MyST rewrites those in
+    markdown cells, not in outputs): a lesson to its page, an exercise to its solution's
+    page, which offers it for download. Returns how many outputs changed."""
+    def page(match: re.Match) -> str:
+        return f"](../solutions/{match[2]}.html)" if match[1] else f"]({match[2]}.html)"
+
+    changed = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            text = output.get("data", {}).get("text/markdown")
+            if isinstance(text, str) and NOTEBOOK_LINK.search(text):
+                output["data"]["text/markdown"] = NOTEBOOK_LINK.sub(page, text)
+                changed += 1
+    return changed
+
+
 def _page(path: Path, target: Path, download: Path | None = None) -> None:
     nb = copy.deepcopy(nbformat.read(path, as_version=4))
     static_widgets(nb)
     carry_alt_text(nb)
+    output_links(nb)
     if download is not None:
         nb.cells.insert(1, nbformat.v4.new_markdown_cell(
             f"**The exercise:** {{download}}`download {download.name} <../exercises/{download.name}>`, "
