@@ -186,6 +186,17 @@ def test_a_hidden_path_below_an_allowed_folder_is_covered(tmp_path, monkeypatch)
     assert argv[argv.index("--bind") + 1] == str(scratch.resolve())
 
 
+def test_a_checkout_below_tmp_is_bound_over_the_empty_tmp_not_hidden_by_it(tmp_path, monkeypatch):
+    """A CI clone or a virtual environment under /tmp: the sandbox's empty /tmp must come
+    first, or it hides the Python and the package the kernel needs."""
+    below_tmp = Path("/tmp/a-checkout/.venv")
+    monkeypatch.setattr(sandbox, "readable_roots", lambda: [below_tmp])
+    argv = sandbox.command(["python"], tmp_path, [])
+    empty_tmp = next(i for i in range(len(argv) - 1) if argv[i:i + 2] == ["--tmpfs", "/tmp"])
+    bound = next(i for i in range(len(argv) - 1) if argv[i:i + 2] == ["--ro-bind", str(below_tmp)])
+    assert empty_tmp < bound
+
+
 def test_the_course_folder_itself_is_not_in_the_sandbox():
     roots = sandbox.readable_roots()
     assert ROOT not in roots and (ROOT / "solutions") not in roots and (ROOT / "tests") not in roots

@@ -104,6 +104,9 @@ def command(argv: list[str], scratch: Path, hidden: list[Path] = ()) -> list[str
     # The environment is the kernel's, already filtered. ipykernel exits when its parent's
     # PID is 1, which the sandbox's init is: --die-with-parent does that job instead.
     args = [shutil.which("bwrap") or "bwrap", "--unsetenv", "JPY_PARENT_PID"]
+    # The empty /tmp first: a root that lies below /tmp (a checkout or a virtual environment
+    # there, as in a CI clone) is then bound on top of it instead of being hidden by it.
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *_FLAGS]
     for root in roots:
         args += ["--ro-bind", str(root), str(root)]
         real = root.resolve()
@@ -112,7 +115,6 @@ def command(argv: list[str], scratch: Path, hidden: list[Path] = ()) -> list[str
     for name in _ETC:
         if os.path.lexists(f"/etc/{name}"):
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *_FLAGS]
     scratch = scratch.resolve()
     args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch / "work")]
     for path in hidden:
