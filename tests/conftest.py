@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -105,3 +106,22 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server or a process group the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored afterwards: tiny models run as fast, and on a
+    loaded machine a second thread only waits on the first."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,7 +11,6 @@ Failures save a screenshot under ``tests/artifacts/``.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -35,12 +35,6 @@ def widget_notebooks() -> list[Path]:
             if "gradflow_lessons.widgets" in path.read_text(encoding="utf-8"):
                 found.append(path)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ the numbers must agree.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from torch import nn
 
 import gradflow_lessons.clipping as clipping
@@ -124,12 +124,6 @@ def _worker(rank: int, case: str, port: int, out: str) -> None:
         torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _RESULTS: dict[str, list[dict]] = {}

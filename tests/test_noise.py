@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from torch import nn
 
 from gradflow_lessons import noise
@@ -308,12 +309,6 @@ def dp_worker(rank: int, port: int, out: str) -> None:
         torch.save({"estimate": est, "grads": [p.grad for p in model.parameters()]}, out)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_workers(tmp_path: Path) -> list[dict]:

@@ -16,14 +16,7 @@ from gradflow_lessons.seeds import (
     train_over_seeds,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only waits on the first (and on a loaded machine, much longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture
