@@ -86,6 +86,10 @@ def norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """``||t||_2`` of each tensor as a 0-d tensor on its device, accumulated in ``wide(t.dtype)``,
     one fused pass per dtype and no host sync. Check the values with ``exact_norms`` once
     they are on the host: float32 cannot hold every norm."""
+    dtype = tensors[0].dtype
+    if all(t.dtype == dtype for t in tensors):  # the usual case: one fused pass
+        return list(torch._foreach_norm(tensors) if wide(dtype) == dtype
+                    else torch._foreach_norm(tensors, dtype=wide(dtype)))
     out: list[torch.Tensor | None] = [None] * len(tensors)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(tensors):
@@ -109,11 +113,31 @@ def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([n.to(tensors[0].device, dtype) for n in each]))
 
 
+def lost_in_float32(value: float) -> bool:
+    """Whether a norm ``value`` taken in float32 may be wrong (outside ``[TINY, HUGE]``; NaN is not)."""
+    return not TINY <= value <= HUGE and value == value
+
+
+def exact_norms(tensors: list[torch.Tensor], values: list[float]) -> list[float]:
+    """``values``, the norms of each of ``tensors`` from ``norms``, with those float32 may have
+    lost redone in float64: one more pass over those tensors and one host sync, only then."""
+    redo = [k for k, (t, v) in enumerate(zip(tensors, values))
+            if lost_in_float32(v) and t.dtype != torch.float64 and not is_sharded(t)]
+    if not redo:
+        return values
+    again = torch.stack([torch.linalg.vector_norm(tensors[k].detach(), dtype=torch.float64).cpu()
+                         for k in redo]).tolist()
+    values = list(values)
+    for k, value in zip(redo, again):
+        values[k] = value
+    return values
+
+
 def exact_norm(tensors: list[torch.Tensor], value: float) -> float:
     """``value``, the norm of ``tensors`` from ``norms``/``total_norm``, redone in float64 when
     it is outside ``[TINY, HUGE]`` where float32 may have lost it (a second pass and a host
     sync, only then)."""
-    if TINY <= value <= HUGE or value != value or all(t.dtype == torch.float64 for t in tensors):
+    if not lost_in_float32(value) or all(t.dtype == torch.float64 for t in tensors):
         return value
     if any(is_sharded(t) for t in tensors):  # total_norm took them in float64 already
         return value

@@ -487,7 +487,7 @@ def _watch(model: nn.Module, loss_fn: Callable, inputs: object, targets: object,
     # parameters; no constructor call, so any optimizer class works.
     watched = copy.deepcopy(optimizer, memo)
     losses = []
-    with GradientMonitor(clone, watched, activations=False, detail_every=0) as monitor:
+    with GradientMonitor(clone, watched, activations=False, detail_every=1) as monitor:
         for _ in range(steps):
             watched.zero_grad(set_to_none=True)
             loss = loss_fn(clone(inputs), targets)

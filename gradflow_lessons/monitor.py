@@ -14,16 +14,18 @@ What is tracked (``monitor.history``, ``.activations``, ``.histograms``):
   parameters: the L2 norm ``sqrt(sum_p ||g_p||^2)`` over its own parameters and the count
   of NaN/Inf entries (kept, never dropped), every record: one ``torch._foreach_norm``
   pass and one host sync. Mean and max ``|g|`` and the fraction of exact zeros take three
-  more passes: every ``detail_every`` records.
-- **Activations**, from forward hooks on every leaf module but ``nn.Identity``
-  (parameter-free ones included), pooled over the forwards run with grad enabled since
-  the last record: mean, std, the fraction of **dead** ReLU units (zero for the whole
+  more passes: on the *detail* records, every ``detail_every``-th (default 10; the first
+  record is always one).
+- **Activations**, on the detail records, from forward hooks on every leaf module but
+  ``nn.Identity`` (parameter-free ones included), pooled over the forwards run with grad
+  enabled since the previous record: mean, std, the fraction of **dead** ReLU units (zero for the whole
   batch) and of **saturated** tanh/sigmoid outputs (``|tanh| >= 0.99``; sigmoid within
   0.005 of 0 or 1).
 - **Update-to-data ratio** ``||W_after - W_before|| / ||W_after||`` per module when the
-  optimizer is given: step hooks copy the weights (one buffer the size of the model)
-  before the first ``optimizer.step()`` after each record. Karpathy's rule of thumb ("A
-  Recipe for Training Neural Networks", 2019) puts healthy values near ``1e-3``.
+  optimizer is given, on the detail records: step hooks copy the weights (one buffer the
+  size of the model) before the first ``optimizer.step()`` after each detail record.
+  Karpathy's rule of thumb ("A Recipe for Training Neural Networks", 2019) puts healthy
+  values near ``1e-3``.
 - **Histograms** every ``histogram_every`` records, on fixed bins: ``log10 |g|`` (zeros and
   NaN/Inf left out) and output values, at most ``histogram_samples`` entries per layer
   (a fixed random subset), values beyond the range in the end bins.
@@ -52,7 +54,7 @@ import torch
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 
-from ._params import exact_norm, norms, trainable_parameters, wide
+from ._params import exact_norms, norms, trainable_parameters, wide
 from ._state import inspection_depth, unscale_factor
 from .distributed import (
     NORM,
@@ -85,9 +87,9 @@ class GradientRecord:
     """Gradient statistics of one module at one step (plain CPU numbers).
 
     ``grad_norm`` is NaN or inf when a gradient entry is; ``nonfinite`` says how many.
-    ``grad_mean_abs``, ``grad_max_abs`` and ``zero_fraction`` are None on steps where they
-    were not computed (see ``detail_every``);
-    ``update_ratio`` is None until the optimizer step after this record has run.
+    ``grad_mean_abs``, ``grad_max_abs``, ``zero_fraction`` and ``update_ratio`` are None on
+    records that are not detail records (see ``detail_every``); ``update_ratio`` is also None
+    until the optimizer step after this record has run.
     """
 
     step: int
@@ -145,6 +147,8 @@ class _Step:
 
 def _to_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """``tensors`` as float64 CPU tensors, with one transfer (one host sync) per device."""
+    if len(tensors) == 1:
+        return [tensors[0].to("cpu", torch.float64)]
     out: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
     groups: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
@@ -173,11 +177,17 @@ class GradientMonitor:
 
     Args:
         model: any ``nn.Module``, on CPU or GPU.
-        optimizer: if given, the update-to-data ratio is recorded.
-        activations: hook leaf modules and record their output statistics.
+        optimizer: if given, the update-to-data ratio is recorded (on the detail records).
+        activations: hook leaf modules and record their output statistics on the detail
+            records (and their histograms on the histogram records).
         histogram_every: record histograms on every n-th ``record()`` (0: never).
-        detail_every: compute mean and max |g| and the zero fraction on every n-th
-            ``record()`` (0: never); they cost about three times as much as the norms.
+        detail_every: make every n-th ``record()``, the first included, a detail record
+            (0: none): mean and max |g|, the zero fraction, the activation statistics and
+            the update-to-data ratio are taken then. Norms and non-finite counts are
+            taken on every record. Each detail record costs several times what the norms
+            do (README, "Overhead"):
+            ``detail_every=1`` records everything every step, as lesson 05 does on its
+            short runs; the default 10 keeps a long run's cost near a bare step.
         bins: histogram bins.
         histogram_samples: histogram at most this many entries per layer and step.
         grad_range: ``(lo, hi)`` of the gradient histograms, in ``log10 |g|``.
@@ -206,7 +216,7 @@ class GradientMonitor:
         *,
         activations: bool = True,
         histogram_every: int = 0,
-        detail_every: int = 1,
+        detail_every: int = 10,
         bins: int = 40,
         histogram_samples: int = 16_384,
         grad_range: tuple[float, float] = (-10.0, 1.0),
@@ -258,6 +268,7 @@ class GradientMonitor:
         self._steps: deque[_Step] = deque()
         self._step_numbers: set[int] = set()
         self._last_seen: list[tuple[weakref.ref, int]] = []  # the gradients of the last record
+        self._layout: tuple[tuple[int, ...], list[tuple[int, list[int], int]]] | None = None
         self._depth = 0
         self._handles: list = []
         self._active = False
@@ -296,7 +307,7 @@ class GradientMonitor:
 
     def _reset_activations(self) -> None:
         n = len(self._hooked)
-        self._act_sums: list[torch.Tensor | None] = [None] * n  # sum, sum of squares, dead, saturated
+        self._act_stats: list[list[torch.Tensor]] = [[] for _ in range(n)]  # per call: sum, norm(, count)
         self._act_counts = [[0, 0, 0] for _ in range(n)]  # entries, units, calls
         self._act_hist: list[torch.Tensor | None] = [None] * n
 
@@ -304,6 +315,9 @@ class GradientMonitor:
         return every > 0 and self._records_made % every == 0
 
     def _forward_hook(self, index: int, module: nn.Module, inputs: object, output: object) -> None:
+        detail, histogram = self._due(self.detail_every), self._due(self.histogram_every)
+        if not (detail or histogram):
+            return  # the next record takes no activation statistic: as cheap as can be
         out = output[0] if isinstance(output, (tuple, list)) and output else output
         if not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
             return  # evaluation forwards (no backward follows) and non-tensor outputs
@@ -313,24 +327,24 @@ class GradientMonitor:
             return  # inside torch.func.vmap/grad: the tensor must not escape the transform
         out = out.detach()
         flat = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(1, -1)  # [N, units]
-        zero = flat.new_zeros(())
-        dead = (flat.amax(0) == 0).sum() if isinstance(module, DEAD_KINDS) else zero
-        saturated = zero
-        if isinstance(module, SATURATING_KINDS):
+        if histogram:
+            hist = _histogram(self._sample(flat), self._act_edges[index])
+            previous = self._act_hist[index]
+            self._act_hist[index] = hist if previous is None else previous + hist
+        if not detail:
+            return
+        accumulate = wide(flat.dtype)  # float16: in float32
+        stats = self._act_stats[index]  # 0-d tensors, left on the device: no host sync in the hook
+        stats += (flat.sum(dtype=accumulate), torch.linalg.vector_norm(flat, dtype=accumulate))
+        if isinstance(module, DEAD_KINDS):
+            stats.append((flat.amax(0) == 0).sum().double())
+        elif isinstance(module, SATURATING_KINDS):
             centred = flat if isinstance(module, nn.Tanh) else 2 * flat - 1  # both in [-1, 1]
-            saturated = torch.count_nonzero(centred.abs() >= 0.99)
-        sums = torch.stack([flat.sum(dtype=wide(flat.dtype)), norms([flat])[0] ** 2,  # float16: in float32
-                            dead.to(wide(flat.dtype)), saturated.to(wide(flat.dtype))]).double()
-        previous = self._act_sums[index]  # stays on the device: no host sync in the hook
-        self._act_sums[index] = sums if previous is None else previous + sums
+            stats.append(torch.count_nonzero(centred.abs() >= 0.99).double())
         counts = self._act_counts[index]
         counts[0] += flat.numel()
         counts[1] += flat.shape[1]
         counts[2] += 1
-        if self._due(self.histogram_every):
-            hist = _histogram(self._sample(flat), self._act_edges[index])
-            previous = self._act_hist[index]
-            self._act_hist[index] = hist if previous is None else previous + hist
 
     def _sample(self, values: torch.Tensor) -> torch.Tensor:
         """At most ``histogram_samples`` entries of ``values``, the same subset every step."""
@@ -412,10 +426,10 @@ class GradientMonitor:
             per_param = self._combine_shards(present, shards, per_param, detail)
         grad_hist = (self._gradient_histograms(present, shards, math.log10(factor))
                      if self._due(self.histogram_every) else [])
-        active = [i for i, sums in enumerate(self._act_sums) if sums is not None]
-        act_hist = [(i, self._act_hist[i]) for i in active if self._act_hist[i] is not None]
+        active = [i for i, stats in enumerate(self._act_stats) if stats]
+        act_hist = [(i, hist) for i, hist in enumerate(self._act_hist) if hist is not None]
 
-        parts = [[per_param], [self._act_sums[i] for i in active], [h for _, h in grad_hist],
+        parts = [[per_param], [torch.stack(self._act_stats[i]) for i in active], [h for _, h in grad_hist],
                  [h for _, h in act_hist], [t for _, t in self._unresolved]]
         moved = iter(_to_cpu([t for part in parts for t in part]))  # the one host sync
         per_param, act_sums, grad_counts, act_counts, updates = (
@@ -428,7 +442,7 @@ class GradientMonitor:
                       for (layer, _), counts in zip(grad_hist, grad_counts)]
         histograms += [HistogramRecord(step, self._hooked[i][0], "activation", self._act_edges[i], counts)
                        for (i, _), counts in zip(act_hist, act_counts)]
-        self._store(_Step(records, activations, histograms))
+        self._store(_Step(records, activations, histograms), detail)
         return records
 
     def _combine_shards(self, present: list[int], shards: list[torch.Tensor], per_param: torch.Tensor,
@@ -515,16 +529,17 @@ class GradientMonitor:
         """One record per layer with gradients, from the per-parameter reductions on the CPU;
         norms and |g| statistics multiplied by ``factor`` (1 / loss scale)."""
         l2, *more = per_param.tolist()
-        shared = set(self._sharded)
-        sharded = {k for k, i in enumerate(present) if i in shared}  # their norms: float64 already
-        l2 = [(value if k in sharded else exact_norm([g], value)) * factor  # float32 lost it: float64
-              for k, (g, value) in enumerate(zip(grads, l2))]
+        l2 = exact_norms(grads, l2)  # sharded ones: float64 already; float32 lost it: float64
+        if factor != 1.0:
+            l2 = [v * factor for v in l2]
         l1, low, high, nonzero = more if detail else (None, None, None, None)
         if detail and factor != 1.0:
             l1, low, high = ([v * factor for v in values] for values in (l1, low, high))
         nonfinite = [0] * len(present)
         bad = [k for k in range(len(present)) if not math.isfinite(l2[k])]
         if bad:  # rare: count exactly (a second sync, only when something is NaN/Inf)
+            shared = set(self._sharded)
+            sharded = {k for k, i in enumerate(present) if i in shared}
             counts = torch.stack([(~torch.isfinite(local(grads[k]))).sum() for k in bad])
             if any(k in sharded for k in bad):  # the same on every rank: their norms are shared
                 mask = torch.tensor([k in sharded for k in bad], device=counts.device)
@@ -532,12 +547,9 @@ class GradientMonitor:
             counts = counts.tolist()
             for k, count in zip(bad, counts):
                 nonfinite[k] = count
-        rows_of: dict[int, list[int]] = {}
-        for k, i in enumerate(present):
-            rows_of.setdefault(self._owner[i], []).append(k)
+        rows_of = self._rows_of(present, grads)
         records = []
-        for layer, rows in rows_of.items():  # layers without gradients this step are skipped
-            numel = sum(grads[k].numel() for k in rows)
+        for layer, rows, numel in rows_of:  # layers without gradients this step are skipped
             records.append(GradientRecord(
                 step=step,
                 layer=self.layers[layer],
@@ -550,11 +562,27 @@ class GradientMonitor:
             ))
         return records
 
+    def _rows_of(self, present: list[int], grads: list[torch.Tensor]) -> list[tuple[int, list[int], int]]:
+        """``(layer, its columns in present, its gradient entries)`` per layer with gradients;
+        the same every step in the usual case, so kept from the last call."""
+        key = tuple(present)
+        if self._layout is None or self._layout[0] != key:
+            rows_of: dict[int, list[int]] = {}
+            for k, i in enumerate(present):
+                rows_of.setdefault(self._owner[i], []).append(k)
+            self._layout = key, [(layer, rows, sum(grads[k].numel() for k in rows))
+                                 for layer, rows in rows_of.items()]
+        return self._layout[1]
+
     def _activation_record(self, step: int, index: int, sums: torch.Tensor) -> ActivationRecord:
-        """The pooled output statistics of hooked module ``index`` from its sums on the CPU."""
-        total, square, dead, saturated = sums.tolist()
+        """The pooled output statistics of hooked module ``index`` from its per-call sums,
+        norms (and dead or saturated counts) on the CPU."""
         entries, units, calls = self._act_counts[index]
         name, module = self._hooked[index]
+        values = sums.tolist()
+        width = len(values) // calls
+        total, square = sum(values[0::width]), sum(v * v for v in values[1::width])
+        count = sum(values[2::width])  # 0 for a module that counts nothing
         mean = total / entries
         return ActivationRecord(
             step=step,
@@ -562,18 +590,18 @@ class GradientMonitor:
             kind=type(module).__name__,
             mean=mean,
             std=math.sqrt(max(square / entries - mean**2, 0.0)) if math.isfinite(square) else math.nan,
-            dead_fraction=dead / units if isinstance(module, DEAD_KINDS) else None,
-            saturated_fraction=saturated / entries if isinstance(module, SATURATING_KINDS) else None,
+            dead_fraction=count / units if isinstance(module, DEAD_KINDS) else None,
+            saturated_fraction=count / entries if isinstance(module, SATURATING_KINDS) else None,
             numel=entries,
             calls=calls,
         )
 
-    def _store(self, step: _Step) -> None:
+    def _store(self, step: _Step, detail: bool) -> None:
         """Keep ``step`` in the rolling window (on the ranks that keep the history) and get
-        ready for the next one."""
+        ready for the next one: the optimizer step after a detail record measures its update."""
         self._last_step = step.gradients[0].step
         self._records_made += 1
-        self._awaiting = step.gradients if self.optimizer is not None else None
+        self._awaiting = step.gradients if self.optimizer is not None and detail else None
         self._reset_activations()
         if not self._keeps:
             return

@@ -102,6 +102,27 @@ def _records(data: object, attribute: str, what: str) -> list:
     return records
 
 
+def _valued(records: list, field: str) -> list:
+    """The records that have a value of ``field``: the fine statistics (mean and max |g|, the
+    zero fraction) exist on the monitor's detail records only, and a gap there is not a NaN.
+
+    Raises:
+        ValueError: no record has one.
+    """
+    valued = [r for r in records if getattr(r, field) is not None]
+    if valued:
+        return valued
+    if field == "update_ratio":
+        raise ValueError("no record has an update_ratio: create the monitor as GradientMonitor(model, "
+                         "optimizer) and call record() before optimizer.step()")
+    raise ValueError(
+        f"no record has a value of {field!r}: the monitor takes mean and max |g|, the zero fraction "
+        "and the activation statistics on its detail records only (every detail_every-th record(); "
+        "detail_every=0 takes none); create it with GradientMonitor(..., detail_every=1) to have them "
+        "at every step"
+    )
+
+
 def _axes(ax: Axes | None, figsize: tuple[float, float] | None = None) -> Axes:
     return plt.subplots(figsize=figsize)[1] if ax is None else ax
 
@@ -129,11 +150,11 @@ def plot_gradient_flow(
     A layer with NaN/Inf gradients gets a hatched vermillion bar reaching the top and a
     "NaN/Inf" label.
     """
-    records = _records(history, "history", "gradient records")
+    records = _valued(_records(history, "history", "gradient records"), field)
     step = max(r.step for r in records) if step is None else step
     rows = [r for r in records if r.step == step]
     if not rows:
-        raise ValueError(f"no record at step {step}; recorded steps run "
+        raise ValueError(f"no record of {field} at step {step}; its recorded steps run "
                          f"{records[0].step}..{records[-1].step}")
     ax = _axes(ax)
     names = [r.layer for r in rows]
@@ -175,7 +196,7 @@ def plot_gradient_heatmap(
     zero (no gradient at all); vermillion cells marked with a cross are NaN/Inf (or have no
     record).
     """
-    records = _records(history, "history", "records")
+    records = _valued(_records(history, "history", "records"), field)
     layers, steps, values = to_matrix(records, field)
     ax = _axes(ax)
     finite = np.isfinite(values)
@@ -209,7 +230,7 @@ def plot_norms_over_time(
     history: object, field: str = "grad_norm", ax: Axes | None = None, title: str | None = None
 ) -> Axes:
     """One line per layer of ``field`` over training steps, log scale."""
-    records = _records(history, "history", "records")
+    records = _valued(_records(history, "history", "records"), field)
     layers, steps, values = to_matrix(records, field)
     ax = _axes(ax)
     for name, row in zip(layers, values):

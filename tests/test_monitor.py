@@ -282,7 +282,7 @@ def test_activations_can_be_switched_off():
 def test_update_ratio_is_the_relative_weight_change_of_the_next_step():
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    with GradientMonitor(model, optimizer) as monitor:
+    with GradientMonitor(model, optimizer, detail_every=1) as monitor:
         for _ in range(3):
             optimizer.zero_grad()
             backward(model)
@@ -299,6 +299,18 @@ def test_update_ratio_is_the_relative_weight_change_of_the_next_step():
     assert all(r.update_ratio is not None for r in monitor.history)
 
 
+def test_by_default_the_update_ratio_is_taken_after_the_detail_records_only():
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with GradientMonitor(model, optimizer, detail_every=2) as monitor:
+        for _ in range(4):
+            optimizer.zero_grad()
+            backward(model)
+            monitor.record()
+            optimizer.step()
+    assert {r.step for r in monitor.history if r.update_ratio is not None} == {0, 2}
+
+
 def test_steps_not_followed_by_an_optimizer_step_have_no_update_ratio():
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -310,7 +322,7 @@ def test_steps_not_followed_by_an_optimizer_step_have_no_update_ratio():
 
 def test_history_is_bounded_to_the_last_max_steps():
     model = tiny_model()
-    with GradientMonitor(model, max_steps=4, histogram_every=1) as monitor:
+    with GradientMonitor(model, max_steps=4, histogram_every=1, detail_every=1) as monitor:
         for _ in range(10):
             backward(model)
             monitor.record()
@@ -353,6 +365,34 @@ def test_histograms_of_large_layers_use_a_fixed_sample():
             monitor.record()
     assert len(monitor.histograms) == 2 * (len(monitor.layers) + len(monitor.activation_layers))
     assert all(0 < h.counts.sum().item() <= 8 for h in monitor.histograms)  # layers have >= 10 entries
+
+
+def test_by_default_every_tenth_record_is_a_detail_record_with_activations_pooled_since_the_last():
+    model = tiny_model()
+    with GradientMonitor(model, histogram_every=4) as monitor:
+        for step in range(21):
+            inputs = backward(model)
+            monitor.record()
+            if step == 20:  # the forward of step 20 is what the detail record of step 20 pools
+                with torch.no_grad():
+                    expected = model.hidden[0].linear(inputs)
+    assert monitor.detail_every == 10
+    detail = sorted({r.step for r in monitor.history if r.grad_max_abs is not None})
+    assert detail == [0, 10, 20] and {a.step for a in monitor.activations} == {0, 10, 20}
+    assert len(monitor.history) == 21 * 3  # norms on every record
+    assert {h.step for h in monitor.histograms if h.kind == "activation"} == {0, 4, 8, 12, 16, 20}
+    first = next(a for a in monitor.activations if a.step == 20 and a.layer == "hidden.0.linear")
+    assert first.calls == 1 and first.mean == pytest.approx(expected.mean().item(), rel=1e-12)
+
+
+def test_detail_every_zero_records_no_activation_statistics_but_still_their_histograms():
+    model = tiny_model()
+    with GradientMonitor(model, detail_every=0, histogram_every=1) as monitor:
+        for _ in range(2):
+            backward(model)
+            monitor.record()
+    assert monitor.activations == [] and all(r.grad_mean_abs is None for r in monitor.history)
+    assert {h.step for h in monitor.histograms if h.kind == "activation"} == {0, 1}
 
 
 def test_detail_statistics_can_be_thinned_out():

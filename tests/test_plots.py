@@ -12,12 +12,12 @@ from gradflow_lessons.models import MLP
 from gradflow_lessons.monitor import GradientMonitor
 
 
-def monitored_run(activation: str = "relu", steps: int = 6) -> GradientMonitor:
+def monitored_run(activation: str = "relu", steps: int = 6, detail_every: int = 1) -> GradientMonitor:
     torch.manual_seed(0)
     model = MLP(2, 3, depth=4, width=8, activation=activation)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     inputs, targets = torch.randn(32, 2), torch.randint(0, 3, (32,))
-    with GradientMonitor(model, optimizer, histogram_every=2) as monitor:
+    with GradientMonitor(model, optimizer, histogram_every=2, detail_every=detail_every) as monitor:
         for _ in range(steps):
             optimizer.zero_grad()
             F.cross_entropy(model(inputs), targets).backward()
@@ -70,7 +70,7 @@ def test_gradient_flow_marks_layers_with_nan_gradients():
 
 
 def test_gradient_flow_rejects_a_step_that_was_not_recorded(relu_run):
-    with pytest.raises(ValueError, match="no record at step 99"):
+    with pytest.raises(ValueError, match="no record of grad_norm at step 99"):
         plots.plot_gradient_flow(relu_run, step=99)
 
 
@@ -265,3 +265,21 @@ def test_nonfinite_bars_are_hatched_as_well_as_coloured():
         monitor.record()
     ax = plots.plot_gradient_flow(monitor)
     assert any(bar.get_hatch() for bar in ax.patches)
+
+
+def test_detail_fields_are_drawn_from_the_detail_records_only_and_a_gap_is_not_nan():
+    monitor = monitored_run(steps=12, detail_every=10)  # detail records at steps 0 and 10
+    ax = plots.plot_gradient_flow(monitor, field="grad_max_abs")
+    assert "step 10" in ax.get_title()  # the last step that has the statistic, not step 11
+    ax = plots.plot_gradient_heatmap(monitor, field="zero_fraction")
+    assert ax.collections[0].get_array().shape[1] == 2 and not any(
+        isinstance(c, mpl.collections.PathCollection) for c in ax.collections)  # no NaN crosses
+    with pytest.raises(ValueError, match="no record of grad_mean_abs at step 11"):
+        plots.plot_gradient_flow(monitor, step=11, field="grad_mean_abs")
+
+
+def test_a_detail_field_nobody_recorded_says_how_to_record_it():
+    monitor = monitored_run(steps=3, detail_every=10)
+    records = [r for r in monitor.history if r.step > 0]  # no detail record among them
+    with pytest.raises(ValueError, match="detail_every=1"):
+        plots.plot_norms_over_time(records, field="grad_mean_abs")
