@@ -1,7 +1,9 @@
 """How much does GradientMonitor slow the training it watches?
 
-    python benchmarks/monitor_overhead.py            # about a minute on a 2-core CPU
+    python benchmarks/monitor_overhead.py --threads 1   # about a minute on a 2-core CPU
     python benchmarks/monitor_overhead.py --device cuda
+    git worktree add --detach /tmp/v1 f936493           # the monitor before issue 16
+    python benchmarks/monitor_overhead.py --threads 1 --baseline /tmp/v1
 
 Every variant trains its own copy of the same MLP (about a million parameters) with SGD;
 the variants run interleaved, round after round (who goes first rotates), so that load on
@@ -13,8 +15,11 @@ the median time per step and, per variant, the median over rounds of
 
 Variants:
 - bare: zero_grad, forward, backward, step.
+- monitor, defaults: ``GradientMonitor(model)``: norms and non-finite counts every record,
+  mean/max |g|, zero fraction and activation statistics every 10th. Goal: <= 1.05x.
+- monitor, defaults + optimizer: also the update-to-data ratio, every step.
 - monitor, norms every step: ``GradientMonitor(activations=False, detail_every=0)``,
-  record() every step: per-layer L2 norm and non-finite count. Goal: <= 1.05x.
+  record() every step: per-layer L2 norm and non-finite count.
 - monitor, all gradient stats every step: also mean and max |g| and the zero fraction.
 - monitor, everything every step: also activation statistics and the update-to-data ratio.
 - monitor, histograms every step: everything, plus gradient and activation histograms.
@@ -22,6 +27,10 @@ Variants:
   parameter, what a hand-written logger usually does (one host sync per call).
 - naive histogram logger: ``numpy.histogram`` of every parameter's gradient each step, what
   logging histograms to a dashboard every step costs.
+
+``--baseline DIR`` adds every monitor variant a second time, with the ``GradientMonitor`` of
+another checkout of this project (its ``gradflow_lessons`` package, loaded under another
+name), in the same rounds: an older version against this one, side by side.
 """
 
 from __future__ import annotations
@@ -29,8 +38,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
+import importlib.util
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +63,21 @@ def naive_histograms(model: torch.nn.Module) -> list[np.ndarray]:
     return [np.histogram(p.grad.detach().cpu().numpy(), bins=40)[0] for p in model.parameters()]
 
 
+def baseline_monitor(checkout: str) -> type:
+    """``GradientMonitor`` of the ``gradflow_lessons`` package in ``checkout``, imported as
+    ``gradflow_baseline`` so that it lives beside this one."""
+    package = Path(checkout) / "gradflow_lessons"
+    spec = importlib.util.spec_from_file_location(
+        "gradflow_baseline", package / "__init__.py", submodule_search_locations=[str(package)])
+    if spec is None or not (package / "monitor.py").exists():
+        raise SystemExit(f"--baseline {checkout}: no gradflow_lessons/monitor.py there; make one with "
+                         "`git worktree add --detach DIR REVISION`")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gradflow_baseline"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("gradflow_baseline.monitor").GradientMonitor
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -64,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--baseline", help="a checkout of an older version: its monitor runs beside")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -75,26 +104,35 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     targets = torch.randint(0, 10, (args.batch,), device=device)
     n_params = sum(p.numel() for p in base.parameters())
 
-    variants = {  # name -> (monitor options or None, extra logger or None)
-        "bare training step": (None, None),
-        "monitor, norms every step": ({"activations": False, "detail_every": 0}, None),
-        "monitor, all gradient stats every step": ({"activations": False}, None),
-        "monitor, everything every step": ({"optimizer": True}, None),
-        "monitor, + histograms every step": ({"optimizer": True, "histogram_every": 1}, None),
-        "naive per-parameter .item() loop": (None, naive_norms),
-        "naive numpy histogram logger": (None, naive_histograms),
+    monitors = {"": GradientMonitor}
+    if args.baseline:
+        monitors[f"baseline {Path(args.baseline).name}: "] = baseline_monitor(args.baseline)
+    every_step = {"detail_every": 1}
+    monitored = {  # name -> monitor options
+        "monitor, defaults": {},
+        "monitor, defaults + optimizer": {"optimizer": True},
+        "monitor, norms every step": {"activations": False, "detail_every": 0},
+        "monitor, all gradient stats every step": {"activations": False, **every_step},
+        "monitor, everything every step": {"optimizer": True, **every_step},
+        "monitor, + histograms every step": {"optimizer": True, "histogram_every": 1, **every_step},
     }
+    variants = {"bare training step": (None, None, None)}  # name -> (monitor class, options, logger)
+    for prefix, monitor_class in monitors.items():
+        for name, options in monitored.items():
+            variants[prefix + name] = (monitor_class, options, None)
+    variants["naive per-parameter .item() loop"] = (None, None, naive_norms)
+    variants["naive numpy histogram logger"] = (None, None, naive_histograms)
     runs = {}
     with contextlib.ExitStack() as stack:
-        for name, (options, logger) in variants.items():
+        for name, (monitor_class, options, logger) in variants.items():
             model = copy.deepcopy(base)
             optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
             monitor = None
-            if options is not None:
+            if monitor_class is not None:
                 options = dict(options)
                 if options.pop("optimizer", False):
                     options["optimizer"] = optimizer
-                monitor = stack.enter_context(GradientMonitor(model, max_steps=100, **options))
+                monitor = stack.enter_context(monitor_class(model, max_steps=100, **options))
             runs[name] = (model, optimizer, monitor, logger)
 
         def train(name: str, steps: int) -> tuple[float, float]:
@@ -126,14 +164,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"width {args.width}), batch {args.batch}, SGD")
     print(f"machine: {report.cpu_count}-core CPU, torch {report.torch}, {report.cpu_threads} threads, "
           f"device {device}; {args.rounds} interleaved rounds x {args.steps} steps per variant")
-    print(f"{'variant':40s} {'ms/step':>8s} {'x bare (wall)':>14s} {'x bare (CPU)':>13s}")
+    width = max(map(len, names))
+    print(f"{'variant':{width}s} {'ms/step':>8s} {'x bare (wall)':>14s} {'x bare (CPU)':>13s}")
     ratios = {}
     bare = times[names[0]]
     for name in names:
         wall = statistics.median(t[0] / b[0] for t, b in zip(times[name], bare))
         cpu = statistics.median(t[1] / b[1] for t, b in zip(times[name], bare))
         ms = 1e3 * statistics.median(t[0] for t in times[name])
-        print(f"{name:40s} {ms:8.2f} {wall:14.3f} {cpu:13.3f}")
+        print(f"{name:{width}s} {ms:8.2f} {wall:14.3f} {cpu:13.3f}")
         ratios[name] = wall if device.type == "cuda" else cpu
     return ratios
 
