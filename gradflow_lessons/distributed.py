@@ -22,8 +22,8 @@ NORM, SUM, MIN, MAX = 0, 1, 2, 3
 """How a per-rank value combines into the whole tensor's: ``sqrt(sum x_r^2)``, ``sum x_r``,
 ``min x_r``, ``max x_r``."""
 
-ROW_RULES = (NORM, SUM, MIN, MAX, SUM)
-"""How ``GradientMonitor``'s per-parameter rows combine: L2 norm, L1 norm, min, max, non-zeros."""
+ROW_RULES = (NORM, SUM, MAX, SUM)
+"""How ``GradientMonitor``'s per-parameter rows combine: L2 norm, L1 norm, max |g|, non-zeros."""
 
 
 _DTENSOR: list[type | None] = []

@@ -68,6 +68,8 @@ from .distributed import (
 )
 
 DEAD_KINDS = (nn.ReLU, nn.ReLU6)
+_BITS = {torch.float64: torch.int64, torch.float32: torch.int32,
+         torch.float16: torch.int16, torch.bfloat16: torch.int16}  # counting non-zero bits is faster
 SATURATING_KINDS = (nn.Tanh, nn.Sigmoid)
 
 
@@ -447,7 +449,7 @@ class GradientMonitor:
 
     def _combine_shards(self, present: list[int], shards: list[torch.Tensor], per_param: torch.Tensor,
                         detail: bool) -> torch.Tensor:
-        """``per_param`` [1 or 5, P] of the local shards, with the sharded columns replaced by
+        """``per_param`` [1 or 4, P] of the local shards, with the sharded columns replaced by
         the whole tensors' values: one ``all_gather`` (L2 norms redone in float64 first, so no
         float32 underflow needs a second, collective pass)."""
         sharded = set(self._sharded)
@@ -501,14 +503,13 @@ class GradientMonitor:
     @staticmethod
     def _reduce_gradients(grads: list[torch.Tensor], detail: bool) -> torch.Tensor:
         """Per parameter, on the device, no sync: the L2 norm, and on detail steps the L1
-        norm, min, max and count of non-zeros; [1 or 5, P]."""
+        norm, max |g| and count of non-zeros; [1 or 4, P]."""
         per_param = norms(grads)  # accumulated in float32 or wider, checked on the host
-        if detail:  # an empty shard (FSDP2, uneven split) has no extremes: +inf/-inf, ignored later
-            extremes = [torch.aminmax(g) if g.numel() else
-                        torch.return_types.aminmax((g.new_full((), math.inf), g.new_full((), -math.inf)))
-                        for g in grads]
-            per_param += [g.abs().sum(dtype=wide(g.dtype)) for g in grads] + [e.min for e in extremes]
-            per_param += [e.max for e in extremes] + [torch.count_nonzero(g) for g in grads]
+        if detail:  # |g| once; its bits are zero exactly where g is +0.0 or -0.0
+            absolute = [g.abs() for g in grads]
+            per_param += [a.sum(dtype=wide(a.dtype)) for a in absolute]
+            per_param += [a.amax() if a.numel() else a.new_zeros(()) for a in absolute]  # an empty shard
+            per_param += [torch.count_nonzero(a.view(_BITS.get(a.dtype, a.dtype))) for a in absolute]
         if len({g.device for g in grads}) > 1:  # a model split over devices: gather first
             per_param = [t.cpu() for t in per_param]
         return torch.stack(per_param).view(-1, len(grads))
@@ -532,9 +533,9 @@ class GradientMonitor:
         l2 = exact_norms(grads, l2)  # sharded ones: float64 already; float32 lost it: float64
         if factor != 1.0:
             l2 = [v * factor for v in l2]
-        l1, low, high, nonzero = more if detail else (None, None, None, None)
+        l1, high, nonzero = more if detail else (None, None, None)
         if detail and factor != 1.0:
-            l1, low, high = ([v * factor for v in values] for values in (l1, low, high))
+            l1, high = [v * factor for v in l1], [v * factor for v in high]
         nonfinite = [0] * len(present)
         bad = [k for k in range(len(present)) if not math.isfinite(l2[k])]
         if bad:  # rare: count exactly (a second sync, only when something is NaN/Inf)
@@ -555,7 +556,7 @@ class GradientMonitor:
                 layer=self.layers[layer],
                 grad_norm=math.sqrt(sum(l2[k] ** 2 for k in rows)),
                 grad_mean_abs=None if l1 is None else sum(l1[k] for k in rows) / numel,
-                grad_max_abs=None if high is None else _max([max(-low[k], high[k]) for k in rows]),
+                grad_max_abs=None if high is None else _max([high[k] for k in rows]),
                 zero_fraction=None if nonzero is None else 1 - sum(nonzero[k] for k in rows) / numel,
                 nonfinite=sum(nonfinite[k] for k in rows),
                 numel=numel,

@@ -578,3 +578,19 @@ def test_with_a_scaler_the_monitor_reports_the_true_gradients_before_and_after_u
     centre = (hist.edges[:-1] + hist.edges[1:]) / 2
     mean_log = ((hist.counts * centre).sum() / hist.counts.sum()).item()
     assert mean_log == pytest.approx(logs[torch.isfinite(logs)].mean().item(), abs=0.3)  # log10 |true g|
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_fine_statistics_count_negative_zeros_as_zeros_and_take_the_largest_magnitude(dtype):
+    layer = nn.Linear(4, 2).to(dtype)
+    with GradientMonitor(layer, activations=False, detail_every=1) as monitor:
+        layer.weight.grad = torch.tensor([[-0.0, 0.0, -3.0, 1.0], [0.0, -0.0, 2.0, -0.5]], dtype=dtype)
+        layer.bias.grad = torch.tensor([-0.0, 0.25], dtype=dtype)
+        (record,) = monitor.record()
+    assert record.zero_fraction == pytest.approx(5 / 10)  # -0.0 is a zero gradient too
+    assert record.grad_max_abs == 3.0  # the largest magnitude, of a negative entry
+    assert record.grad_mean_abs == pytest.approx(6.75 / 10)
+    with GradientMonitor(layer, activations=False, detail_every=1) as monitor:
+        layer.weight.grad = torch.tensor([[math.nan, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 9.0]], dtype=dtype)
+        (record,) = monitor.record()
+    assert math.isnan(record.grad_max_abs) and record.nonfinite == 1
