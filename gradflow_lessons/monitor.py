@@ -68,8 +68,11 @@ from .distributed import (
 )
 
 DEAD_KINDS = (nn.ReLU, nn.ReLU6)
+_CHUNK = 1 << 22
+"""Entries of ``|g|`` taken at a time for the fine statistics: the scratch buffer stays at most
+16 MB per dtype in float32."""
 _BITS = {torch.float64: torch.int64, torch.float32: torch.int32,
-         torch.float16: torch.int16, torch.bfloat16: torch.int16}  # counting non-zero bits is faster
+         torch.float16: torch.int16, torch.bfloat16: torch.int16}
 SATURATING_KINDS = (nn.Tanh, nn.Sigmoid)
 
 
@@ -277,6 +280,7 @@ class GradientMonitor:
         self._records_made = 0
         self._awaiting: list[GradientRecord] | None = None  # the record the next step updates
         self._before: list[torch.Tensor] | None = None  # weights before that step
+        self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # for |g|
         self._unresolved: list[tuple[list[GradientRecord], torch.Tensor]] = []
         self._reset_activations()
 
@@ -304,7 +308,7 @@ class GradientMonitor:
         """Remove every hook and free the weight copy (idempotent). Data stays readable."""
         for handle in self._handles:
             handle.remove()
-        self._handles, self._active, self._before = [], False, None
+        self._handles, self._active, self._before, self._scratch = [], False, None, {}
         self._reset_activations()
 
     def _reset_activations(self) -> None:
@@ -500,19 +504,39 @@ class GradientMonitor:
         self._last_seen = seen
         return present, [g.to_dense() if g.is_sparse else g for g in grads]
 
-    @staticmethod
-    def _reduce_gradients(grads: list[torch.Tensor], detail: bool) -> torch.Tensor:
+    def _reduce_gradients(self, grads: list[torch.Tensor], detail: bool) -> torch.Tensor:
         """Per parameter, on the device, no sync: the L2 norm, and on detail steps the L1
         norm, max |g| and count of non-zeros; [1 or 4, P]."""
         per_param = norms(grads)  # accumulated in float32 or wider, checked on the host
-        if detail:  # |g| once; its bits are zero exactly where g is +0.0 or -0.0
-            absolute = [g.abs() for g in grads]
-            per_param += [a.sum(dtype=wide(a.dtype)) for a in absolute]
-            per_param += [a.amax() if a.numel() else a.new_zeros(()) for a in absolute]  # an empty shard
-            per_param += [torch.count_nonzero(a.view(_BITS.get(a.dtype, a.dtype))) for a in absolute]
+        if detail:
+            fine = [self._fine_statistics(g) for g in grads]
+            per_param += [f[k] for k in range(3) for f in fine]
         if len({g.device for g in grads}) > 1:  # a model split over devices: gather first
             per_param = [t.cpu() for t in per_param]
         return torch.stack(per_param).view(-1, len(grads))
+
+    def _fine_statistics(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``sum |g|`` (in ``wide(dtype)``), ``max |g|`` and the count of non-zero entries of
+        ``grad``, 0-d tensors on its device. ``|g|`` is written into a scratch buffer kept between
+        records (at most ``_CHUNK`` entries: a fresh one each time costs page faults); the bits
+        of ``|g|`` are zero exactly where ``g`` is +0.0 or -0.0, and counting non-zero bits is
+        faster than comparing floats."""
+        flat = grad.reshape(-1)
+        size = min(flat.numel(), _CHUNK)
+        scratch = self._scratch.get((flat.device, flat.dtype))
+        if scratch is None or scratch.numel() < size:
+            scratch = self._scratch[flat.device, flat.dtype] = flat.new_empty(size)
+        parts = []
+        for start in range(0, max(flat.numel(), 1), _CHUNK):
+            piece = flat[start:start + _CHUNK]
+            absolute = torch.abs(piece, out=scratch[:piece.numel()])
+            parts.append((absolute.sum(dtype=wide(absolute.dtype)),
+                          absolute.amax() if absolute.numel() else absolute.new_zeros(()),  # an empty shard
+                          torch.count_nonzero(absolute.view(_BITS.get(absolute.dtype, absolute.dtype)))))
+        if len(parts) == 1:
+            return parts[0]
+        sums, largest, nonzero = (torch.stack(column) for column in zip(*parts))
+        return sums.sum(), largest.amax(), nonzero.sum()
 
     def _gradient_histograms(self, present: list[int], grads: list[torch.Tensor],
                              shift: float = 0.0) -> list[tuple[int, torch.Tensor]]:

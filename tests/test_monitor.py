@@ -594,3 +594,21 @@ def test_fine_statistics_count_negative_zeros_as_zeros_and_take_the_largest_magn
         layer.weight.grad = torch.tensor([[math.nan, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 9.0]], dtype=dtype)
         (record,) = monitor.record()
     assert math.isnan(record.grad_max_abs) and record.nonfinite == 1
+
+
+def test_fine_statistics_of_a_gradient_larger_than_the_scratch_buffer_are_taken_in_pieces(monkeypatch):
+    import gradflow_lessons.monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "_CHUNK", 7)  # the 5x4 weight in three pieces, the bias in one
+    model = tiny_model()
+    with GradientMonitor(model, activations=False, detail_every=1) as monitor:
+        backward(model)
+        model.hidden[0].linear.weight.grad[0, :3] = 0.0
+        model.hidden[0].linear.weight.grad[1, 0] = -0.0
+        records = {r.layer: r for r in monitor.record()}
+    for name, record in records.items():
+        grads = torch.cat([p.grad.flatten() for p in model.get_submodule(name).parameters()])
+        assert record.grad_mean_abs == pytest.approx(grads.abs().mean().item(), rel=1e-12)
+        assert record.grad_max_abs == grads.abs().max().item()
+        assert record.zero_fraction == pytest.approx((grads == 0).double().mean().item())
+    assert records["hidden.0.linear"].zero_fraction >= 4 / 20  # the zeros set above, -0.0 included
