@@ -275,7 +275,8 @@ class GradientMonitor:
         self._last_seen: list[tuple[weakref.ref, int]] = []  # the gradients of the last record
         self._layout: tuple[tuple[int, ...], list[tuple[int, list[int], int]]] | None = None
         self._depth = 0
-        self._handles: list = []
+        self._handles: list = []  # the optimizer's step hooks
+        self._forward_handles: list = []  # the leaf modules' forward hooks, when wanted
         self._active = False
         self._records_made = 0
         self._awaiting: list[GradientRecord] | None = None  # the record the next step updates
@@ -294,8 +295,7 @@ class GradientMonitor:
             )
         self._active = True
         self._depth = inspection_depth()  # forwards of tools run inside this block are not ours
-        for index, (_, module) in enumerate(self._hooked):
-            self._handles.append(module.register_forward_hook(partial(self._forward_hook, index)))
+        self._attach_forward_hooks()
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
             self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
@@ -306,10 +306,24 @@ class GradientMonitor:
 
     def close(self) -> None:
         """Remove every hook and free the weight copy (idempotent). Data stays readable."""
-        for handle in self._handles:
+        for handle in self._handles + self._forward_handles:
             handle.remove()
-        self._handles, self._active, self._before, self._scratch = [], False, None, {}
+        self._handles, self._forward_handles = [], []
+        self._active, self._before, self._scratch = False, None, {}
         self._reset_activations()
+
+    def _attach_forward_hooks(self) -> None:
+        """Hook the leaf modules while the next record takes activation statistics or
+        histograms, and only then: a module with a hook runs PyTorch's slower call path on
+        every forward, which the records in between would pay for nothing."""
+        wanted = self._due(self.detail_every) or self._due(self.histogram_every)
+        if wanted and not self._forward_handles:
+            self._forward_handles = [module.register_forward_hook(partial(self._forward_hook, index))
+                                     for index, (_, module) in enumerate(self._hooked)]
+        elif not wanted and self._forward_handles:
+            for handle in self._forward_handles:
+                handle.remove()
+            self._forward_handles = []
 
     def _reset_activations(self) -> None:
         n = len(self._hooked)
@@ -322,8 +336,6 @@ class GradientMonitor:
 
     def _forward_hook(self, index: int, module: nn.Module, inputs: object, output: object) -> None:
         detail, histogram = self._due(self.detail_every), self._due(self.histogram_every)
-        if not (detail or histogram):
-            return  # the next record takes no activation statistic: as cheap as can be
         out = output[0] if isinstance(output, (tuple, list)) and output else output
         if not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
             return  # evaluation forwards (no backward follows) and non-tensor outputs
@@ -628,6 +640,7 @@ class GradientMonitor:
         self._records_made += 1
         self._awaiting = step.gradients if self.optimizer is not None and detail else None
         self._reset_activations()
+        self._attach_forward_hooks()
         if not self._keeps:
             return
         self._steps.append(step)

@@ -612,3 +612,16 @@ def test_fine_statistics_of_a_gradient_larger_than_the_scratch_buffer_are_taken_
         assert record.grad_max_abs == grads.abs().max().item()
         assert record.zero_fraction == pytest.approx((grads == 0).double().mean().item())
     assert records["hidden.0.linear"].zero_fraction >= 4 / 20  # the zeros set above, -0.0 included
+
+
+def test_forward_hooks_are_attached_only_for_the_forwards_a_detail_record_pools():
+    model = tiny_model()
+    counts = []
+    with GradientMonitor(model, detail_every=3) as monitor:
+        for _ in range(4):
+            counts.append(count_hooks(model))
+            backward(model)
+            monitor.record()
+    hooked = len(monitor.activation_layers)
+    assert counts == [hooked, 0, 0, hooked] and count_hooks(model) == 0
+    assert {a.step for a in monitor.activations} == {0, 3}
