@@ -16,7 +16,8 @@ Without the ``- S / N`` bias correction, small batches look far less noisy than 
 
 The per-sample terms come from ``per_sample`` (``per_sample_gradients`` through
 ``torch.func``, any model; ``per_sample_grad_sq_norms`` through hooks for Linear/Conv
-layers, about one forward and backward pass); both names are importable from here too.
+layers, about one forward and backward pass, with the Gram-matrix trick where it is
+cheaper); both names are importable from here too.
 
 Every ``loss_fn(outputs, targets)`` must return the *mean* of per-sample losses, and
 ``model(inputs)`` must treat samples independently (no BatchNorm in training mode).
@@ -36,11 +37,12 @@ from ._params import module_of, trainable_parameters
 from .per_sample import (
     HOOK_LAYERS,
     LossFn,
+    NotHookable,
     check_batch,
     hook_statistics,
-    hookable_layers,
     per_sample_grad_sq_norms,
     per_sample_gradients,
+    sample_sq_norms,
 )
 
 __all__ = [  # per-sample gradients moved to per_sample.py; importable from here as before
@@ -117,9 +119,15 @@ def gradient_noise_scale(
     Args:
         model, loss_fn, inputs [N, ...], targets [N, ...]: ``loss_fn`` returns the mean loss
             (or the sum: the hooks path detects it, the others do not depend on it).
-        method: ``"hooks"`` (Linear/Conv only, ~1 forward+backward), ``"vmap"`` (any model
-            vmap can batch, memory N x |theta|), ``"loop"`` (any model, N backward passes),
-            or ``"auto"`` (hooks when every trainable layer allows it, else vmap).
+        method: ``"hooks"`` (Linear/Conv1d/2d/3d layers only, each run once per forward; per
+            layer the Gram or the explicit contraction, whichever the shapes make cheaper, see
+            ``per_sample``; 1.0-1.3x a forward+backward), ``"vmap"`` (any model vmap can batch,
+            memory N x |theta|), ``"loop"`` (any model, N backward passes), or ``"auto"``: hooks
+            whenever every trainable parameter belongs to a Linear/Conv layer that runs once,
+            else vmap. Measured on the benchmark's MLP and CNN (``benchmarks/noise.py``), the
+            hooks are never slower than vmap: on a Conv layer they form the same per-sample
+            weight gradients vmap does, or the cheaper Gram matrices; on a Linear layer they form
+            none; and vmap also pays for every per-sample gradient in memory.
         allow_train_mode: measure a model with Dropout in training mode instead of refusing it.
 
     Returns:
@@ -152,21 +160,27 @@ def _estimate(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: 
     if method not in ("auto", "hooks", "vmap", "loop"):
         raise ValueError(f"unknown method {method!r}; choose 'auto', 'hooks', 'vmap' or 'loop'")
     n = check_batch(model, inputs, targets)
-    if method == "auto":
-        method = "hooks" if hookable_layers(model, trainable_parameters(model)) is not None else "vmap"
-    if method == "hooks":
-        sq, mean_sq, _ = hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode)
-        sums = {k: v.sum() for k, v in sq.items()}
-    else:
+    if method in ("auto", "hooks"):  # auto: hooks whenever the model allows them, never slower
+        try:
+            sq, mean_sq, _ = hook_statistics(model, loss_fn, inputs, targets,
+                                             allow_train_mode=allow_train_mode)
+            sums, method = {k: v.sum() for k, v in sq.items()}, "hooks"
+        except NotHookable:
+            if method == "hooks":
+                raise
+            method = "vmap"
+    if method != "hooks":
         grads = per_sample_gradients(model, loss_fn, inputs, targets, method=method,
                                      allow_train_mode=allow_train_mode)
         sums, mean_sq = {}, {}
         for name, g in grads.items():  # sum_i |g_i - gbar|^2 directly: no cancellation
-            g = g.reshape(n, -1).double()  # float64: float16 squares overflow at 256
-            mean = g.mean(0)
-            msq, k = mean.square().sum(), module_of(name)
-            sums[k] = sums.get(k, 0.0) + (g - mean).square().sum() + n * msq
-            mean_sq[k] = mean_sq.get(k, 0.0) + msq
+            g = g.reshape(n, -1)
+            g = g.to(torch.promote_types(g.dtype, torch.float32))  # float16 squares overflow at 256
+            mean = g.mean(0, keepdim=True)
+            centred, msq = sample_sq_norms(g - mean, mean)  # float64, from float32 where it holds them
+            k = module_of(name)
+            sums[k] = sums.get(k, 0.0) + centred.sum() + n * msq[0]
+            mean_sq[k] = mean_sq.get(k, 0.0) + msq[0]
     values = torch.stack([torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(mean_sq[k])]) for k in sums])
     values = values.cpu().tolist()  # one host sync
     layers = {}

@@ -4,11 +4,22 @@ Two ways to get them:
 
 - ``per_sample_gradients``: ``torch.func`` (``vmap(grad(functional_call))``), any model,
   memory N x |theta|.
-- ``per_sample_grad_sq_norms``: for ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` layers, hooks
-  that use ``g_i = delta_i a_i^T`` (output gradient times input activation), so
-  ``|g_i|^2 = |delta_i|^2 |a_i|^2`` costs about one forward and backward pass and no
-  per-sample gradient is stored (Goodfellow 2015, "Efficient per-example gradient
-  computations").
+- ``per_sample_grad_sq_norms``: for ``nn.Linear``/``nn.Conv1d/2d/3d`` layers, hooks that use
+  ``g_i = sum_l d_il a_il^T`` (output gradient times input, summed over the L positions of a
+  sequence or an image) and never store more than one layer's per-sample gradients. Per
+  layer, whichever is cheaper (per sample and group, K inputs and O outputs per position):
+
+  - the Gram way, ``L^2 (K + O)`` multiply-adds: ``|g_i|^2 = <A_i^T A_i, D_i^T D_i>``, the
+    inner product of the L x L Gram matrices of the inputs and of the output gradients
+    (Rochette et al. 2019, "Efficient per-example gradient computations in convolutional
+    neural networks"); for L = 1 it is ``|d_i|^2 |a_i|^2`` (Goodfellow 2015, "Efficient
+    per-example gradient computations");
+  - the explicit way, ``L K O``: each sample's weight gradient itself, whose sum over the
+    batch replaces the weight gradient autograd would compute (so it costs little more than
+    the backward pass it replaces).
+
+  Gram wins when ``L (K + O) < K O``: Linear layers on [N, K] always, late conv layers (few
+  positions, many channels); the explicit way wins for early conv layers and long sequences.
 
 ``loss_fn(outputs, targets)`` returns the *mean* of per-sample losses, and ``model(inputs)``
 treats samples independently (no BatchNorm in training mode). ``noise`` builds the
@@ -19,17 +30,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call, grad, vmap
 
-from ._params import module_of, trainable_parameters
+from ._params import HUGE, TINY, module_of, trainable_parameters
 from ._state import checked_loss, inspecting, refuse_train_mode, usable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-HOOK_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+HOOK_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def check_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, least: int = 2) -> int:
@@ -98,10 +111,12 @@ def per_sample_gradients(
             return _looped_gradients(model, loss_fn, inputs, targets, chosen)
         fixed = {k: p.detach() for k, p in chosen.items()}
         rest = {k: p.detach() for k, p in model.named_parameters() if k not in chosen}
-        buffers = dict(model.named_buffers())
+        rest.update(model.named_buffers())
+        slots = _slots(model)
 
         def sample_loss(theta: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            out = functional_call(model, (theta, rest, buffers), (x.unsqueeze(0),))
+            tensors = {path: theta[k] if k in theta else rest[k] for path, k in slots.items()}
+            out = functional_call(model, tensors, (x.unsqueeze(0),), tie_weights=False)
             loss = loss_fn(out, y.unsqueeze(0))
             if not isinstance(loss, torch.Tensor):
                 checked_loss(loss, tool)  # raises, naming the fix
@@ -119,6 +134,16 @@ def per_sample_gradients(
             ) from error
 
 
+def _slots(model: nn.Module) -> dict[str, str]:
+    """``{path: name}``: every module attribute that holds a parameter or buffer, once per module
+    object, and the tensor's name in ``named_parameters``/``named_buffers``. A parameter tied
+    across two modules fills two slots; a module shared under two names has its slots once
+    (``functional_call``'s own tying restores such a module with plain tensors, not Parameters)."""
+    names = {id(t): k for k, t in (*model.named_parameters(), *model.named_buffers())}
+    return {f"{prefix}.{attr}" if prefix else attr: names[id(t)] for prefix, module in model.named_modules()
+            for attr, t in (*module._parameters.items(), *module._buffers.items()) if t is not None}
+
+
 def _looped_gradients(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
                       chosen: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """``{name: [N, *shape]}`` with one backward pass per sample."""
@@ -130,44 +155,171 @@ def _looped_gradients(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, t
     return {name: torch.stack([row[j] for row in rows]).detach() for j, name in enumerate(chosen)}
 
 
-def _unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A conv layer's input as patches [N, C_in * k, L], so the layer is a matrix product."""
-    if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
-        raise ValueError(
-            f"{type(module).__name__} with groups={module.groups}, padding={module.padding!r}, "
-            f"padding_mode={module.padding_mode!r} has no hook fast path; use method='vmap'"
-        )
-    if isinstance(module, nn.Conv1d):  # a 1-D conv is a 2-D conv of height 1
-        x, k, d, p, s = x.unsqueeze(2), (1, *module.kernel_size), (1, *module.dilation), (
-            0, *module.padding), (1, *module.stride)
-        return F.unfold(x, k, dilation=d, padding=p, stride=s)
-    return F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+def _patches(module: nn.Module, x: torch.Tensor, ones: bool = False) -> torch.Tensor:
+    """A conv layer's input as patches [N, G, C_in / G * prod(kernel), L] (G groups, L output
+    positions), so that group g of the output is ``W_g @ patches[:, g]``; with ``ones`` a last row
+    of ones per group, whose product with the output gradient is the bias gradient. One strided
+    copy of the padded input; ``F.unfold`` costs 3-5x more on CPU and knows neither 1-D/3-D nor
+    groups."""
+    pad = module._reversed_padding_repeated_twice  # per dim (left, right), last dim first; also "same"
+    if any(pad):
+        x = F.pad(x, pad, mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
+    n, c, *space = x.shape
+    kernel, dilation, stride, groups = module.kernel_size, module.dilation, module.stride, module.groups
+    out = [(s - d * (k - 1) - 1) // st + 1 for s, k, d, st in zip(space, kernel, dilation, stride)]
+    sn, sc, *ss = x.stride()
+    view = x.as_strided((n, c, *kernel, *out), (sn, sc, *(s * d for s, d in zip(ss, dilation)),
+                                                 *(s * st for s, st in zip(ss, stride))))
+    rows, length = c // groups * math.prod(kernel), math.prod(out)
+    if not ones:
+        return view.reshape(n, groups, rows, length)
+    patches = x.new_empty(n, groups, rows + 1, length)
+    shape = (n, groups, c // groups, *kernel, *out)
+    patches[:, :, :rows].view(shape).copy_(view.view(shape))
+    patches[:, :, rows].fill_(1)
+    return patches
 
 
-def _layer_sq_norms(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Per-sample |dW_i|^2 + |db_i|^2 [N], float64, of one layer from its input a and output gradient d."""
-    n, a, d = a.shape[0], a.double(), d.double()  # float64: float16 squares overflow at 256
+def _matrices(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's input A [N, G, K, L] and output gradient D [N, G, O, L] per sample and group:
+    ``g_i = sum_l D_il A_il^T`` over the L positions (1 for a Linear on [N, K])."""
+    n = a.shape[0]
+    if isinstance(module, nn.Linear):  # [N, ..., K]: a sequence's positions are L
+        return (a.reshape(n, -1, a.shape[-1]).transpose(1, 2).unsqueeze(1),
+                d.reshape(n, -1, d.shape[-1]).transpose(1, 2).unsqueeze(1))
+    groups = module.groups
+    return _patches(module, a), d.reshape(n, groups, d.shape[1] // groups, -1)
+
+
+def gram_is_cheaper(module: nn.Module, output: torch.Tensor) -> bool:
+    """Whether a layer's per-sample squared norms cost less through Gram matrices than through
+    per-sample gradients: per sample and group, ``L^2 (K + O)`` against ``L K O``
+    multiply-adds, i.e. ``L (K + O) < K O`` (always for L = 1, the Goodfellow identity)."""
     if isinstance(module, nn.Linear):
-        a, d = a.reshape(n, -1, a.shape[-1]), d.reshape(n, -1, d.shape[-1])  # [N, L, K], [N, L, O]
+        k, o = module.in_features, module.out_features
+        length = output.numel() // (output.shape[0] * o) if output.dim() > 2 else 1
     else:
-        a, d = _unfold(module, a).transpose(1, 2), d.reshape(n, d.shape[1], -1).transpose(1, 2)
-    length, k, o = a.shape[1], a.shape[2], d.shape[2]
-    if length == 1:  # |d a^T|^2 = |d|^2 |a|^2: the Goodfellow identity
-        sq = a.square().sum((1, 2)) * d.square().sum((1, 2))
-    elif length * length <= k * o:  # sum_{t,s} (a_t . a_s)(d_t . d_s), via two L x L Gram matrices
-        sq = (a @ a.transpose(1, 2) * (d @ d.transpose(1, 2))).sum((1, 2))
-    else:  # form each [O, K] gradient
-        sq = torch.einsum("nlo,nlk->nok", d, a).square().sum((1, 2))
-    if module.bias is not None and module.bias.requires_grad:
-        sq = sq + d.sum(1).square().sum(1)
-    return sq
+        groups = module.groups
+        k = module.in_channels // groups * math.prod(module.kernel_size)
+        o, length = module.out_channels // groups, math.prod(output.shape[2:])
+    return length * (k + o) < k * o
+
+
+def sample_sq_norms(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """``|t_i|^2`` of each sample (dim 0) of each tensor, [N] float64 each: one float32 pass each
+    where float32 holds every norm (see ``_float32_holds``), else float64."""
+    norms, peaks = _norms(tensors, wide=False)
+    norms = torch.cat(norms)
+    if not _float32_holds(norms, torch.cat(peaks) if peaks else None):
+        norms = torch.cat(_norms(tensors, wide=True)[0])
+    return list(norms.double().square().split([t.shape[0] for t in tensors]))
+
+
+def _norms(tensors: Iterable[torch.Tensor], wide: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The norm of each row (dim 0) of each tensor, in the tensors' dtype (float32 or float64) or in
+    float64 if ``wide``; and, for float32, each row's largest ``|entry|``, for ``_float32_holds``."""
+    rows = [t if t.dim() == 2 else t.reshape(t.shape[0], -1) for t in tensors]
+    if wide or rows[0].dtype == torch.float64:
+        return [torch.linalg.vector_norm(r, dim=1, dtype=torch.float64) for r in rows], []
+    return ([torch.linalg.vector_norm(r, dim=1) for r in rows],
+            [torch.linalg.vector_norm(r, float("inf"), dim=1) for r in rows])
+
+
+def _float32_holds(norms: torch.Tensor, peaks: torch.Tensor | None) -> bool:
+    """Whether float32 norms are exact enough: within [TINY, HUGE], where their squares neither
+    vanish nor overflow, or 0 of an all-zero row (a dead unit, not an underflow). Vanishing and
+    exploding networks fall outside. One host sync; float64 norms hold, and NaN is reported later."""
+    if peaks is None or norms.dtype == torch.float64:
+        return True
+    return not bool((((norms < TINY) & (peaks > 0)) | (norms > HUGE)).any())
+
+
+def _conv_sample_grads(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> list[torch.Tensor]:
+    """Each sample's weight and bias gradients of a conv layer, flattened: [N, ...] each.
+
+    With few input channels per group (< 8) or a 1x1 kernel, from the patches with a row of
+    ones for the bias (one strided copy and one batched matrix product); else as the weight and
+    bias gradients of one convolution with the samples as groups (no patches in memory; about
+    as cheap as the batch's own weight gradient there, 1.4-2x dearer than the patches below).
+    """
+    n, c, o, groups, bias = a.shape[0], a.shape[1], d.shape[1], module.groups, module.bias is not None
+    if math.prod(module.kernel_size) == 1 or c // groups < 8:
+        patches = _patches(module, a, ones=bias)  # [N, G, K (+1), L]
+        return [(patches @ d.reshape(n, groups, o // groups, -1).transpose(-1, -2)).reshape(n, -1)]
+    padding = module.padding
+    if isinstance(padding, str) or module.padding_mode != "zeros":  # "same" may pad unevenly
+        padding = [0] * (a.dim() - 2)
+        a = F.pad(a, module._reversed_padding_repeated_twice,
+                  mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
+    weight = d.new_empty(1).expand(n * o, c // groups, *module.kernel_size)  # only its shape is read
+    _, w, b = torch.ops.aten.convolution_backward(
+        d.reshape(1, n * o, *d.shape[2:]), a.reshape(1, n * c, *a.shape[2:]), weight,
+        [n * o] if bias else None, module.stride, padding, module.dilation, False, [0] * (a.dim() - 2),
+        n * groups, [False, True, bias])
+    return [w.reshape(n, -1)] + ([b.reshape(n, o)] if bias else [])
+
+
+def _layer_terms(module: nn.Module, a: torch.Tensor, d: torch.Tensor, gram: bool,
+                 wide: bool) -> tuple[str, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+    """What one layer's ``|g_i|^2``, ``g_i = sum_l d_il a_il^T``, is made of: a kind, the norms and
+    peaks of ``_norms`` (squared and checked by the caller, all layers at once) and, for Gram,
+    the contraction [N] in float64:
+
+    - ``"product"`` (Linear on [N, K]): ``|a_i|, |d_i|``; ``|g_i|^2 = |d_i|^2 (|a_i|^2 + 1)``,
+      the 1 for the bias (Goodfellow 2015);
+    - ``"gram"``: ``|A_i|, |D_i|`` (checked only), ``|b_i|`` with a bias;
+      ``|g_i|^2 = <A_i^T A_i, D_i^T D_i> + |b_i|^2`` (Rochette et al. 2019);
+    - ``"explicit"``: the norms of each part of the per-sample gradients (weight, bias) and of
+      its sum over the batch; ``|g_i|^2 = |W_i|^2 + |b_i|^2``, and the batch gradient for free.
+
+    Products run in the layer's dtype widened to float32 (float16 squares overflow at 256), or
+    in float64 if ``wide``; the Gram contraction, whose terms may cancel, sums in float64.
+    """
+    work = torch.float64 if wide else torch.promote_types(a.dtype, torch.float32)
+    n, bias = a.shape[0], module.bias is not None
+    a, d = a.to(work), d.to(work)
+    if gram and a.dim() == 2:
+        return "product", *_norms((a, d), wide), None
+    if gram:
+        b = [d.reshape(n, -1, d.shape[-1]).sum(1) if isinstance(module, nn.Linear) else d.flatten(2).sum(2)
+             ] if bias else []  # the bias gradient of sample i: b_i = sum_l d_il [N, O]
+        A, D = _matrices(module, a, d)  # [N, G, K, L], [N, G, O, L]
+        aa = (A.transpose(-1, -2) @ A).reshape(n, -1).double()  # [N, G * L * L]
+        dd = (D.transpose(-1, -2) @ D).reshape(n, -1).double()
+        return "gram", *_norms((A, D, *b), wide), torch.linalg.vecdot(aa, dd)
+    if isinstance(module, nn.Linear):
+        A, D = _matrices(module, a, d)
+        parts = [(A @ D.transpose(-1, -2)).reshape(n, -1)] + ([D.sum(-1).reshape(n, -1)] if bias else [])
+    else:
+        parts = _conv_sample_grads(module, a, d)
+    return "explicit", *_norms(parts + [part.sum(0, keepdim=True) for part in parts], wide), None
+
+
+def _combine(kind: str, squares: torch.Tensor, gram: torch.Tensor | None, n: int,
+             bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer's ``|g_i|^2`` [N] and, for the explicit kind, ``|sum_i g_i|^2`` (0-d) from its squared
+    norms in ``_layer_terms``' order."""
+    if kind == "product":
+        aa, dd = squares[:n], squares[n:]
+        return dd.addcmul(aa, dd) if bias else aa * dd, None
+    if kind == "gram":
+        return gram + squares[2 * n:] if bias else gram, None
+    parts = len(squares) // (n + 1)  # [N] per part of the gradient, then [1] per part of its sum
+    return squares[: parts * n].view(parts, n).sum(0), squares[parts * n:].sum()
 
 
 class _SampleNormHooks:
-    """Forward hooks on hookable layers that catch each input and output gradient; use with ``with``."""
+    """Forward hooks on the chosen layers; use with ``with``. Each layer's per-sample terms are
+    computed in a hook on its output's gradient, as soon as backward reaches the layer, and its
+    input is dropped there. Autograd computes the batch gradient only of the Gram layers: the
+    explicit ones sum their per-sample gradients instead."""
 
-    def __init__(self, layers: dict[str, nn.Module]) -> None:
-        self.layers, self.inputs, self.grads, self.handles = layers, {}, {}, []
+    def __init__(self, layers: dict[str, nn.Module], wide: bool) -> None:
+        self.layers, self.wide, self.handles = layers, wide, []
+        self.inputs: dict[str, tuple[torch.Tensor, int]] = {}  # until backward reaches the layer
+        self.gram: dict[str, bool] = {}  # the layers that ran, and how each is contracted
+        self.terms: dict[str, tuple] = {}  # from _layer_terms, in the output gradient's scale
+        self.edges: list = []  # the explicit layers' outputs, which backward must reach
 
     def __enter__(self) -> _SampleNormHooks:
         for name, module in self.layers.items():
@@ -181,19 +333,37 @@ class _SampleNormHooks:
 
     def _forward(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if name in self.inputs:
-                raise ValueError(f"layer {name} runs twice in one forward pass; use method='vmap'")
-            self.inputs[name] = args[0].detach()
-            output.register_hook(lambda g: self.grads.__setitem__(name, g.detach()))  # freed with the graph
+            if name in self.gram:
+                raise NotHookable(f"layer {name} runs twice in one forward pass; use method='vmap'")
+            self.gram[name] = gram = gram_is_cheaper(module, output)
+            if not output.requires_grad:  # run under no_grad inside the model: a zero gradient
+                return
+            a = args[0].detach()
+            self.inputs[name] = (a, a._version)
+            if not gram:
+                self.edges.append(get_gradient_edge(output))
+            output.register_hook(partial(self._backward, name, module))  # freed with the graph
 
         return hook
+
+    def _backward(self, name: str, module: nn.Module, d: torch.Tensor) -> None:
+        a, version = self.inputs.pop(name)
+        if a._version != version:
+            raise ValueError(f"the input of layer {name} was modified in place after the layer ran; "
+                             "use method='vmap'")
+        self.terms[name] = _layer_terms(module, a, d.detach(), self.gram[name], self.wide)
+
+
+class NotHookable(ValueError):
+    """The model trains a parameter outside Linear/Conv layers, or runs such a layer twice in one
+    forward pass: its per-sample gradient is not one product of an input and an output gradient."""
 
 
 def hookable_layers(model: nn.Module, chosen: dict[str, nn.Parameter]) -> dict[str, nn.Module] | None:
     """The layers that own every chosen parameter, if all are Linear/Conv weights or biases."""
     layers = {}
     for name, module in model.named_modules():
-        own = [f"{name}.{k}" if name else k for k, _ in module.named_parameters(recurse=False)]
+        own = [f"{name}.{k}" if name else k for k, p in module._parameters.items() if p is not None]
         if any(k in chosen for k in own):
             if not isinstance(module, HOOK_LAYERS) or not all(k in chosen for k in own):
                 return None
@@ -208,29 +378,38 @@ def per_sample_grad_sq_norms(
     """Per-sample squared gradient norms ``|g_i|^2`` of every Linear/Conv layer, from hooks.
 
     For a layer ``z = W a + b`` and a mean loss over N samples, the gradient w.r.t. the
-    output is ``delta_i / N``, so ``g_i = N delta_i a_i^T`` and ``|g_i|^2 = N^2 |delta_i|^2 |a_i|^2``
-    (sums over positions for sequences and convolutions); for a summed loss the factor N
-    is 1 (detected by comparing the loss of the batch with that of the batch twice). Cost:
-    one forward and backward pass; no per-sample gradient is stored. ``.grad``, buffers,
-    flags and the global RNG are left as they were.
+    output is ``delta_i / N``, so ``g_i = N sum_l delta_il a_il^T`` (L positions of a sequence or
+    an image; 1 for a Linear on [N, K]); for a summed loss the factor N is 1 (detected by
+    comparing the loss of a few samples with that of the same samples twice). Each layer takes
+    the Gram way (``L (K + O) < K O``, with K inputs and O outputs per position and group:
+    ``|g_i|^2 = <A_i^T A_i, D_i^T D_i>``, for L = 1 ``N^2 |delta_i|^2 |a_i|^2``) or the explicit
+    way (each sample's weight gradient, whose sum replaces the one autograd would compute); see
+    the module docstring. Cost: about one forward and backward pass (measured in
+    ``benchmarks/noise.py``). Products run in float32 for float16/bfloat16/float32 models and
+    are summed in float64; if a float32 norm falls outside [1e-18, 1e18], where its squares
+    vanish or overflow, the call is redone in float64. ``.grad``, buffers, flags and the global
+    RNG are left as they were, and no hook stays registered.
 
     Returns:
         ``{layer name: [N]}`` (weight and bias together), float64, on the inputs' device.
 
     Raises:
         ValueError: a trainable parameter outside Linear/Conv layers (use
-        ``per_sample_gradients``), a layer called twice, a batch of fewer than 2, Dropout or
-        BatchNorm in training mode (see ``allow_train_mode`` of ``per_sample_gradients``), a
-        loss that is neither the mean nor the sum of per-sample losses.
+        ``per_sample_gradients``), a layer called twice, a layer's input changed in place
+        after the layer ran, a batch of fewer than 2, Dropout or BatchNorm in training mode
+        (see ``allow_train_mode`` of ``per_sample_gradients``), a loss that is neither the mean
+        nor the sum of per-sample losses.
     """
     return hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode)[0]
 
 
 def hook_statistics(
     model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, *,
-    allow_train_mode: bool = False,
+    allow_train_mode: bool = False, wide: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    """Per layer, the per-sample ``|g_i|^2`` [N] and ``|gbar|^2`` (0-d), float64; and N."""
+    """Per layer, the per-sample ``|g_i|^2`` [N] and ``|gbar|^2`` (0-d), float64; and N. Products
+    in float32 (for float16/bfloat16/float32 models) unless a norm falls outside what float32
+    holds: then once more with everything in float64 (``wide``)."""
     tool = "per_sample_grad_sq_norms"
     chosen = trainable_parameters(model)
     refuse_train_mode(model, allow_train_mode, tool)
@@ -238,35 +417,59 @@ def hook_statistics(
     layers = hookable_layers(model, chosen)
     if layers is None:
         others = sorted(module_of(k) for k in chosen)
-        raise ValueError(
-            f"the hook fast path handles only Linear/Conv1d/Conv2d layers, the model trains {others}; "
+        raise NotHookable(
+            f"the hook fast path handles only Linear/Conv1d/Conv2d/Conv3d layers, the model trains {others}; "
             "use per_sample_gradients or gradient_noise_scale(method='vmap')"
         )
-    with inspecting(model), _SampleNormHooks(layers) as hooks:
+    with inspecting(model), _SampleNormHooks(layers, wide) as hooks:
         inputs, targets = usable(inputs), usable(targets)
         outputs = model(inputs)
         loss = checked_loss(loss_fn(outputs, targets), tool)
-        grads = torch.autograd.grad(loss, list(chosen.values()), allow_unused=True)  # unused: None
         per_sample_scale = n if _is_mean(loss_fn, outputs, targets, loss) else 1
-    sq = {k: (per_sample_scale**2 * _layer_sq_norms(m, hooks.inputs[k], hooks.grads[k])
-              if k in hooks.grads else torch.zeros(n, dtype=torch.float64, device=inputs.device))
-          for k, m in layers.items()}
-    mean_sq = dict.fromkeys(layers, 0.0)
-    for name, g in zip(chosen, grads):
-        if g is not None:  # gbar, the gradient of the mean loss
-            gbar = g.double() * (per_sample_scale / n)
-            mean_sq[module_of(name)] = mean_sq[module_of(name)] + gbar.square().sum()
-    return sq, mean_sq, n
+        del outputs
+        gram = [k for k in chosen if hooks.gram.get(module_of(k))]  # layers whose sum autograd takes
+        wanted = [chosen[k] for k in gram] + hooks.edges
+        grads = torch.autograd.grad(loss, wanted, allow_unused=True)[: len(gram)] if wanted else ()
+    work = torch.float64 if wide else torch.promote_types(next(iter(chosen.values())).dtype, torch.float32)
+    summed = [(module_of(k), g) for k, g in zip(gram, grads) if g is not None]
+    parts = [t for _, t, _, _ in hooks.terms.values()] + [
+        [torch.stack(torch._foreach_norm([g for _, g in summed], dtype=work))] if summed else []]
+    norms = torch.cat([t for part in parts for t in part] or [torch.zeros(0, dtype=work,
+                                                                           device=inputs.device)])
+    peaks = [t for _, _, part, _ in hooks.terms.values() for t in part]
+    if summed and peaks:  # the batch gradients: as a Gram layer's own tensors, float32 is checked
+        peaks.append(torch.stack(torch._foreach_norm([g for _, g in summed], float("inf"))))
+    if not _float32_holds(norms, torch.cat(peaks) if peaks else None):  # all at once: one host sync
+        return hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode, wide=True)
+    squares = norms.double().square().split([sum(len(t) for t in part) for part in parts])
+    zeros = torch.zeros(n, dtype=torch.float64, device=inputs.device)
+    sq, mean_sq = dict.fromkeys(layers, zeros), {k: zeros[0] for k in layers}
+    for (k, (kind, _, _, contraction)), square in zip(hooks.terms.items(), squares):
+        sq[k], total = _combine(kind, square, contraction, n, layers[k].bias is not None)
+        if total is not None:
+            mean_sq[k] = total
+    for (k, _), square in zip(summed, squares[-1]):
+        mean_sq[k] = mean_sq[k] + square
+    scale = (per_sample_scale / n) ** 2  # gbar is the gradient of the mean loss
+    return ({k: per_sample_scale**2 * v for k, v in sq.items()}, {k: scale * v for k, v in mean_sq.items()},
+            n)
 
 
 def _is_mean(loss_fn: LossFn, outputs: object, targets: object, loss: torch.Tensor) -> bool:
-    """Whether ``loss`` is the mean of per-sample losses (True) or their sum (False): the
-    mean of the batch twice over is the same, the sum doubles."""
+    """Whether ``loss`` is the mean of per-sample losses (True) or their sum (False): the mean
+    of a batch twice over is that of the batch, the sum doubles. Tried on the first few samples
+    (a loss over 2N samples would cost more than the loss itself), on the batch if theirs is 0."""
     if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
         return True
+    if isinstance(loss_fn, nn.modules.loss._Loss) and loss_fn.reduction in ("mean", "sum"):
+        return loss_fn.reduction == "mean"  # torch's losses say so (the test below agrees with them)
     with torch.no_grad():
-        twice = loss_fn(torch.cat([outputs, outputs]), torch.cat([targets, targets]))
-        value = float(loss)
+        for few in (min(len(outputs), 4), len(outputs)):
+            once = loss if few == len(outputs) else loss_fn(outputs[:few], targets[:few])
+            twice = loss_fn(torch.cat([outputs[:few]] * 2), torch.cat([targets[:few]] * 2))
+            value = float(once)
+            if value != 0 or few == len(outputs):
+                break
         ratio = float(twice) / value if value != 0 and math.isfinite(value) else 1.0  # NaN: reported later
     if abs(ratio - 1) < 1e-2:
         return True

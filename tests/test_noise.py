@@ -134,6 +134,35 @@ def test_fast_path_refuses_unsupported_layers_and_auto_falls_back_to_vmap():
     assert noise.gradient_noise_scale(model, nn.MSELoss(), x, y).method == "vmap"
 
 
+def small_cnn():  # an explicit conv (few channels), a Gram conv (few positions), a Linear
+    return nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(64, 3))
+
+
+def test_auto_takes_the_hooks_on_a_cnn_and_matches_brute_force():
+    model, loss_fn = small_cnn(), nn.CrossEntropyLoss()
+    x, y = torch.randn(N, 2, 6, 6), torch.randint(0, 3, (N,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = noise.gradient_noise_scale(model, loss_fn, x, y)
+    g2, trace = brute_force_noise(looped_gradients(model, loss_fn, x, y))
+    assert result.method == "hooks"
+    assert result.grad_sq_norm == pytest.approx(g2, rel=1e-10)
+    assert result.trace_cov == pytest.approx(trace, rel=1e-10)
+    assert count_hooks(model) == 0
+
+
+def test_auto_falls_back_to_vmap_for_a_layer_called_twice_and_hooks_refuse_it():
+    layer = nn.Linear(3, 3)
+    model, x, y = nn.Sequential(layer, nn.Tanh(), layer), torch.randn(16, 3), torch.randn(16, 3)
+    result = noise.gradient_noise_scale(model, nn.MSELoss(), x, y)
+    g2, trace = brute_force_noise(looped_gradients(model, nn.MSELoss(), x, y))
+    assert result.method == "vmap" and result.trace_cov == pytest.approx(trace, rel=1e-10)
+    with pytest.raises(ValueError, match="twice"):
+        noise.gradient_noise_scale(model, nn.MSELoss(), x, y, method="hooks")
+    assert count_hooks(model) == 0
+
+
 # --------------------------------------------------------------------------- noise scale
 
 
