@@ -207,31 +207,33 @@ def gram_is_cheaper(module: nn.Module, output: torch.Tensor) -> bool:
 
 def sample_sq_norms(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """``|t_i|^2`` of each sample (dim 0) of each tensor, [N] float64 each: one float32 pass each
-    where float32 holds every norm (see ``_float32_holds``), else float64."""
-    norms, peaks = _norms(tensors, wide=False)
-    norms = torch.cat(norms)
-    if not _float32_holds(norms, torch.cat(peaks) if peaks else None):
-        norms = torch.cat(_norms(tensors, wide=True)[0])
-    return list(norms.double().square().split([t.shape[0] for t in tensors]))
+    where float32 holds every norm (see ``_norms``), else float64."""
+    norms, lost = _norms(tensors, wide=False)
+    if bool(lost):
+        norms, _ = _norms(tensors, wide=True)
+    return [norm.double().square() for norm in norms]
 
 
-def _norms(tensors: Iterable[torch.Tensor], wide: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _norms(tensors: Iterable[torch.Tensor], wide: bool) -> tuple[list[torch.Tensor], bool | torch.Tensor]:
     """The norm of each row (dim 0) of each tensor, in the tensors' dtype (float32 or float64) or in
-    float64 if ``wide``; and, for float32, each row's largest ``|entry|``, for ``_float32_holds``."""
+    float64 if ``wide``; and whether float32 may have lost one: a norm outside [TINY, HUGE],
+    where squares vanish or overflow (vanishing and exploding networks), unless its row is all
+    zeros (a dead unit, told from an underflow by the row's largest and smallest entries). On
+    the CPU a bool, looked at at once; elsewhere a 0-d tensor, so that backward never waits for
+    a host sync (the caller syncs once for all layers). NaN is reported later, not here."""
     rows = [t if t.dim() == 2 else t.reshape(t.shape[0], -1) for t in tensors]
     if wide or rows[0].dtype == torch.float64:
-        return [torch.linalg.vector_norm(r, dim=1, dtype=torch.float64) for r in rows], []
-    return ([torch.linalg.vector_norm(r, dim=1) for r in rows],
-            [torch.linalg.vector_norm(r, float("inf"), dim=1) for r in rows])
-
-
-def _float32_holds(norms: torch.Tensor, peaks: torch.Tensor | None) -> bool:
-    """Whether float32 norms are exact enough: within [TINY, HUGE], where their squares neither
-    vanish nor overflow, or 0 of an all-zero row (a dead unit, not an underflow). Vanishing and
-    exploding networks fall outside. One host sync; float64 norms hold, and NaN is reported later."""
-    if peaks is None or norms.dtype == torch.float64:
-        return True
-    return not bool((((norms < TINY) & (peaks > 0)) | (norms > HUGE)).any())
+        return [torch.linalg.vector_norm(r, dim=1, dtype=torch.float64) for r in rows], False
+    norms = [torch.linalg.vector_norm(r, dim=1) for r in rows]
+    flat = torch.cat(norms) if len(norms) > 1 else norms[0]
+    cpu = flat.device.type == "cpu"
+    if cpu:
+        low, high = torch.aminmax(flat)
+        if TINY <= float(low) and float(high) <= HUGE:
+            return norms, False
+    nonzero = torch.cat([(r.amax(1) > 0) | (r.amin(1) < 0) for r in rows])  # vector_norm's inf: 10x slower
+    lost = ((flat < TINY) & nonzero | (flat > HUGE)).any()
+    return norms, bool(lost) if cpu else lost
 
 
 def _conv_sample_grads(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> list[torch.Tensor]:
@@ -260,10 +262,10 @@ def _conv_sample_grads(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> l
 
 
 def _layer_terms(module: nn.Module, a: torch.Tensor, d: torch.Tensor, gram: bool,
-                 wide: bool) -> tuple[str, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+                 wide: bool) -> tuple[str, list[torch.Tensor], bool | torch.Tensor, torch.Tensor | None]:
     """What one layer's ``|g_i|^2``, ``g_i = sum_l d_il a_il^T``, is made of: a kind, the norms and
-    peaks of ``_norms`` (squared and checked by the caller, all layers at once) and, for Gram,
-    the contraction [N] in float64:
+    the flag of ``_norms`` (squared and redone in float64 by the caller if a flag is set) and, for
+    Gram, the contraction [N] in float64:
 
     - ``"product"`` (Linear on [N, K]): ``|a_i|, |d_i|``; ``|g_i|^2 = |d_i|^2 (|a_i|^2 + 1)``,
       the 1 for the bias (Goodfellow 2015);
@@ -432,23 +434,22 @@ def hook_statistics(
         grads = torch.autograd.grad(loss, wanted, allow_unused=True)[: len(gram)] if wanted else ()
     work = torch.float64 if wide else torch.promote_types(next(iter(chosen.values())).dtype, torch.float32)
     summed = [(module_of(k), g) for k, g in zip(gram, grads) if g is not None]
-    parts = [t for _, t, _, _ in hooks.terms.values()] + [
-        [torch.stack(torch._foreach_norm([g for _, g in summed], dtype=work))] if summed else []]
-    norms = torch.cat([t for part in parts for t in part] or [torch.zeros(0, dtype=work,
-                                                                           device=inputs.device)])
-    peaks = [t for _, _, part, _ in hooks.terms.values() for t in part]
-    if summed and peaks:  # the batch gradients: as a Gram layer's own tensors, float32 is checked
-        peaks.append(torch.stack(torch._foreach_norm([g for _, g in summed], float("inf"))))
-    if not _float32_holds(norms, torch.cat(peaks) if peaks else None):  # all at once: one host sync
+    batch = torch.stack(torch._foreach_norm([g for _, g in summed], dtype=work)) if summed else None
+    lost = [t for _, _, t, _ in hooks.terms.values() if not isinstance(t, bool) or t]
+    if batch is not None and work != torch.float64:  # 0 is taken as exact: underflow shows per sample
+        lost.append(((batch > 0) & (batch < TINY) | (batch > HUGE)).any())
+    if lost and bool(torch.stack([torch.as_tensor(t, device=inputs.device) for t in lost]).any()):
         return hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode, wide=True)
-    squares = norms.double().square().split([sum(len(t) for t in part) for part in parts])
+    parts = [t for _, t, _, _ in hooks.terms.values()] + ([[batch]] if summed else [])
+    squares = torch.cat([t for part in parts for t in part] or [torch.zeros(0, device=inputs.device)]
+                        ).double().square().split([sum(len(t) for t in part) for part in parts])
     zeros = torch.zeros(n, dtype=torch.float64, device=inputs.device)
     sq, mean_sq = dict.fromkeys(layers, zeros), {k: zeros[0] for k in layers}
     for (k, (kind, _, _, contraction)), square in zip(hooks.terms.items(), squares):
         sq[k], total = _combine(kind, square, contraction, n, layers[k].bias is not None)
         if total is not None:
             mean_sq[k] = total
-    for (k, _), square in zip(summed, squares[-1]):
+    for (k, _), square in zip(summed, squares[-1] if summed else ()):
         mean_sq[k] = mean_sq[k] + square
     scale = (per_sample_scale / n) ** 2  # gbar is the gradient of the mean loss
     return ({k: per_sample_scale**2 * v for k, v in sq.items()}, {k: scale * v for k, v in mean_sq.items()},

@@ -237,3 +237,18 @@ def test_vmap_gradients_of_shared_weights_match_the_loop_and_leave_them_paramete
         torch.testing.assert_close(fast[k], slow[k], rtol=1e-12, atol=1e-14)
     after = {k: (type(p), p) for k, p in model.named_parameters(remove_duplicate=False)}
     assert all(after[k][0] is nn.Parameter and after[k][1] is p for k, (_, p) in before.items())
+
+
+def test_an_all_zero_sample_is_exact_in_float32_and_needs_no_float64_redo(monkeypatch):
+    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 2))
+    x, y = torch.randn(N, 3), torch.randint(0, 2, (N,))
+    x[0] = 0  # its input, first activation and first-layer gradient are exactly 0: no underflow
+    calls, real = [], per_sample.hook_statistics
+    monkeypatch.setattr(per_sample, "hook_statistics",
+                        lambda *args, **kw: calls.append(kw.get("wide")) or real(*args, **kw))
+    fast = per_sample.per_sample_grad_sq_norms(model, nn.CrossEntropyLoss(), x, y)
+    assert calls == [None]  # no second, float64 pass
+    exact = per_sample.per_sample_grad_sq_norms(model.double(), nn.CrossEntropyLoss(), x.double(), y)
+    assert fast["0"][0] == 0
+    for k in fast:
+        torch.testing.assert_close(fast[k], exact[k], rtol=1e-5, atol=0)
