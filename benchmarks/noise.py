@@ -1,28 +1,41 @@
 """Per-sample gradients and the gradient noise scale: accuracy and cost, side by side in one run.
 
-    .venv/bin/python benchmarks/noise.py
+    .venv/bin/python benchmarks/noise.py --threads 1          # about 2 minutes on a 2-core CPU
+    PYTHONPATH=/path/to/backpack .venv/bin/python benchmarks/noise.py --threads 1 --skip-accuracy
 
 1. Accuracy: a synthetic softmax-regression task whose exact B_simple = tr(Sigma) / |G|^2
    is computed from all per-sample gradients of the data set (the population). Estimates
    from random batches (one batch; the mean of many; the paper's two-batch estimator with
    exponential averaging) are compared with it: median relative error over repeats.
-2. Cost relative to one forward+backward of the same batch: the hook fast path for
-   per-sample squared norms, torch.func vmap per-sample gradients, and a Python loop of
-   one backward per sample. Timings interleave the methods round by round and report
-   the best of 20 rounds, so machine load hits them alike; one thread.
+2. Cost relative to one forward+backward of the same model and batch, for an MLP and a CNN:
+   the hook path for per-sample squared norms (each layer's Gram/explicit choice printed, and
+   the hook path with every layer forced to one contraction, to show the rule's choice), the
+   noise scale through hooks, ``method="auto"`` and vmap, torch.func vmap per-sample gradients,
+   a Python loop of one backward per sample, and BackPACK's ``BatchL2Grad`` when BackPACK is
+   importable (``backpack-for-pytorch``; not a dependency). Each method is timed in pairs with
+   a forward+backward right before it: the table gives the best time of each over the pairs
+   and their ratio (timeit's rule: load on the machine only ever adds time), and the median
+   over the pairs of (method / forward+backward) with its quartiles. Time is the process's CPU
+   time (``--clock wall`` for wall time), so other jobs on a shared machine count only through
+   the contention they cause (caches, memory bandwidth).
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import math
 import os
 import platform
 import statistics
 import time
+import warnings
+from unittest import mock
 
 import torch
 from torch import nn
 
-from gradflow_lessons import noise
+from gradflow_lessons import noise, per_sample
 from gradflow_lessons.models import MLP
 
 torch.manual_seed(0)
@@ -97,15 +110,101 @@ def accuracy() -> None:
 # --------------------------------------------------------------------------- cost
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def contraction_table(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """How ``per_sample_grad_sq_norms`` contracts each layer: positions L, inputs K and outputs O
+    per position and group, and the cost rule's choice."""
+    rows = []
+
+    def note(name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if isinstance(module, nn.Linear):
+                k, o, groups = module.in_features, module.out_features, 1
+                length = output.numel() // (len(output) * o)
+            else:
+                groups = module.groups
+                k = module.in_channels // groups * math.prod(module.kernel_size)
+                o, length = module.out_channels // groups, math.prod(output.shape[2:])
+            gram = per_sample.gram_is_cheaper(module, output)
+            how = ("Gram (|d|^2 |a|^2)" if length == 1 else "Gram") if gram else "explicit"
+            if not gram and not isinstance(module, nn.Linear):
+                how += (" (patches)" if math.prod(module.kernel_size) == 1 or k // math.prod(
+                    module.kernel_size) < 8 else " (grouped conv)")
+            rows.append(f"    {name:16s} {type(module).__name__:7s} L={length:<5d} K={k:<5d} O={o:<4d} "
+                        f"groups={groups}: L(K+O)={length * (k + o):,} vs KO={k * o:,} -> {how}")
+        return hook
+
+    handles = [m.register_forward_hook(note(n)) for n, m in model.named_modules()
+               if isinstance(m, per_sample.HOOK_LAYERS)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return rows
 
 
-def cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int = 20) -> None:
+def gram_memory(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes the largest layer's float64 Gram matrices would take (N L^2 each, two of them)."""
+    sizes = []
+    handles = [m.register_forward_hook(lambda m, a, o: sizes.append(o[0].numel() // (
+        o.shape[-1] if isinstance(m, nn.Linear) else m.out_channels)))
+        for m in model.modules() if isinstance(m, per_sample.HOOK_LAYERS)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return 2 * 8 * len(x) * max(sizes) ** 2
+
+
+def forced(gram: bool):
+    """Run the hook path with every layer taking one contraction, whatever the cost rule says."""
+    return mock.patch.object(per_sample, "gram_is_cheaper", lambda module, output: gram)
+
+
+def sequential(model: nn.Module) -> nn.Sequential:
+    """The same network as an ``nn.Sequential`` (BackPACK extends only that; it also stores each
+    module's output in ``module.output``, which clashes with the course MLP's last layer)."""
+    if isinstance(model, MLP):
+        layers = [m for layer in model.hidden for m in (layer.linear, layer.norm, layer.act)] + [model.output]
+        model = nn.Sequential(*layers)
+    return copy.deepcopy(model)
+
+
+def backpack_norms(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """BackPACK's BatchL2Grad on a copy of the model, or None when BackPACK is not installed."""
+    try:
+        import backpack
+        from backpack.extensions import BatchL2Grad
+    except ImportError:
+        return None
+    extended, extended_loss = backpack.extend(sequential(model)), backpack.extend(copy.deepcopy(loss_fn))
+    with torch.no_grad():
+        assert torch.equal(extended(x), model(x)), "the Sequential copy is not the same network"
+    params = [p for p in extended.parameters() if p.requires_grad]
+
+    def run():
+        with warnings.catch_warnings(), backpack.backpack(BatchL2Grad()):
+            warnings.simplefilter("ignore", UserWarning)  # "no inputs require gradients"
+            extended_loss(extended(x), y).backward()
+        norms = [p.batch_l2 for p in params]
+        for p in params:
+            p.grad = None
+        return norms
+
+    ours = noise.per_sample_grad_sq_norms(model, loss_fn, x, y)
+    theirs = len(x) ** 2 * sum(run())  # BackPACK's g_i are those of the mean loss: 1/N of ours
+    ref = sum(ours.values())
+    assert torch.allclose(theirs.double(), ref, rtol=1e-3), "BackPACK disagrees: not the same quantity"
+    return run
+
+
+def cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> None:
     loss_fn = nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     def forward_backward():
         torch.autograd.grad(loss_fn(model(x), y), params)
@@ -114,42 +213,81 @@ def cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: 
         for i in range(len(x)):
             torch.autograd.grad(loss_fn(model(x[i : i + 1]), y[i : i + 1]), params)
 
+    def hooks_forced(gram: bool):
+        def run():
+            with forced(gram):
+                noise.per_sample_grad_sq_norms(model, loss_fn, x, y)
+        return run
+
+    problem = (model, loss_fn, x, y)
     methods = {
-        "forward+backward": forward_backward,
-        "hooks: per-sample |g_i|^2": lambda: noise.per_sample_grad_sq_norms(model, loss_fn, x, y),
-        "hooks: gradient_noise_scale": lambda: noise.gradient_noise_scale(model, loss_fn, x, y, "hooks"),
-        "vmap: per-sample gradients": lambda: noise.per_sample_gradients(model, loss_fn, x, y),
-        "vmap: gradient_noise_scale": lambda: noise.gradient_noise_scale(model, loss_fn, x, y, "vmap"),
-        "Python loop: per-sample gradients": loop,
+        "hooks: per_sample_grad_sq_norms (the rule)": lambda: noise.per_sample_grad_sq_norms(*problem),
+        "hooks, every layer explicit": hooks_forced(False),
+        "hooks, every layer Gram": hooks_forced(True) if gram_memory(model, x) < 2**28 else None,
+        'gradient_noise_scale(method="hooks")': lambda: noise.gradient_noise_scale(*problem, "hooks"),
+        "gradient_noise_scale() (auto)": lambda: noise.gradient_noise_scale(*problem),
+        "vmap: per_sample_gradients": lambda: noise.per_sample_gradients(*problem),
+        'gradient_noise_scale(method="vmap")': lambda: noise.gradient_noise_scale(*problem, "vmap"),
+        "Python loop: one backward per sample": loop,
+        "BackPACK BatchL2Grad (reference)": backpack_norms(*problem),
     }
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for fn in methods.values():  # warm-up
-        fn()
-    for r in range(rounds):  # interleaved: each round times every method once
-        for k, fn in methods.items():
-            if k.startswith("Python") and r >= 3:
-                continue  # the loop is slow and steady; 3 rounds suffice
-            times[k].append(timed(fn))
-    base = min(times["forward+backward"])
+    slow = {"Python loop: one backward per sample", 'gradient_noise_scale(method="vmap")'}
+    auto = noise.gradient_noise_scale(model, loss_fn, x, y).method
     n_params = sum(p.numel() for p in params)
-    print(f"{name}: batch {len(x)}, {n_params:,} parameters (best of {rounds} interleaved rounds)")
-    for k, t in times.items():
-        print(f"  {k:36s} {min(t) * 1e3:9.2f} ms   {min(t) / base:6.2f}x")
-    print()
+    print(f"{name}: batch {len(x)}, {x.dtype}, {n_params:,} parameters; how per_sample_grad_sq_norms "
+          "contracts each layer:")
+    print("\n".join(contraction_table(model, x)))
+    print(f"  (gradient_noise_scale's auto picks {auto!r}; {args.rounds} pairs per method, "
+          f"{max(3, args.rounds // 4)} for the slow ones)")
+    print(f"  {'method':46s} {'best ms':>9s} {'best x':>7s} {'median x':>9s} (quartiles)")
+    base: list[float] = []
+    for label, fn in methods.items():
+        if fn is None:
+            why = ("(BackPACK not installed)" if label.startswith("BackPACK")
+                   else "(skipped: the largest layer's Gram matrices need > 256 MB)")
+            print(f"  {label:46s} {why}")
+            continue
+        fn(), forward_backward()  # warm-up
+        pairs = []
+        for _ in range(max(3, args.rounds // 4) if label in slow else args.rounds):
+            start = clock()
+            forward_backward()
+            middle = clock()
+            fn()
+            pairs.append((middle - start, clock() - middle))
+        base += [a for a, _ in pairs]
+        ratios = [b / a for a, b in pairs]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        best = min(b for _, b in pairs)
+        print(f"  {label:46s} {1e3 * best:9.2f} {best / min(a for a, _ in pairs):6.2f}x "
+              f"{statistics.median(ratios):8.2f}x ({q1:.2f}-{q3:.2f})")
+    print(f"  {'forward+backward':46s} {1e3 * min(base):9.2f} {1:6.2f}x\n")
 
 
-def main() -> None:
-    torch.set_num_threads(1)  # one core each: thread contention on a shared machine distorts ratios
-    print(f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
-    accuracy()
-    torch.manual_seed(0)
-    mlp = MLP(64, 10, depth=4, width=256)
-    cost("MLP 64-256-256-256-10", mlp, torch.randn(256, 64), torch.randint(0, 10, (256,)))
-    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
-    cost("CNN 2 conv + linear on 32x32x3", cnn, torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,)))
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--rounds", type=int, default=20, help="timed pairs per method")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--skip-accuracy", action="store_true", help="only part 2, the cost")
+    args = parser.parse_args(argv)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        print(f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, {args.clock} time\n")
+        if not args.skip_accuracy:
+            accuracy()
+        torch.manual_seed(0)
+        mlp = MLP(64, 10, depth=4, width=256)
+        cost("MLP 64-256-256-256-10", mlp, torch.randn(256, 64), torch.randint(0, 10, (256,)), args)
+        cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+        cost("CNN 2 conv + linear on 32x32x3", cnn, torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,)),
+             args)
+    finally:
+        torch.set_num_threads(previous)
 
 
 if __name__ == "__main__":

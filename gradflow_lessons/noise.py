@@ -124,10 +124,10 @@ def gradient_noise_scale(
             ``per_sample``; 1.0-1.3x a forward+backward), ``"vmap"`` (any model vmap can batch,
             memory N x |theta|), ``"loop"`` (any model, N backward passes), or ``"auto"``: hooks
             whenever every trainable parameter belongs to a Linear/Conv layer that runs once,
-            else vmap. Measured on the benchmark's MLP and CNN (``benchmarks/noise.py``), the
-            hooks are never slower than vmap: on a Conv layer they form the same per-sample
-            weight gradients vmap does, or the cheaper Gram matrices; on a Linear layer they form
-            none; and vmap also pays for every per-sample gradient in memory.
+            else vmap: on a Conv layer the hooks form the per-sample weight gradients vmap forms,
+            or the cheaper Gram matrices, on a Linear layer none, and they never hold more than
+            one layer's; measured (``benchmarks/noise.py``) 10x faster than vmap on an MLP and
+            as fast or faster on a CNN.
         allow_train_mode: measure a model with Dropout in training mode instead of refusing it.
 
     Returns:
@@ -160,19 +160,20 @@ def _estimate(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: 
     if method not in ("auto", "hooks", "vmap", "loop"):
         raise ValueError(f"unknown method {method!r}; choose 'auto', 'hooks', 'vmap' or 'loop'")
     n = check_batch(model, inputs, targets)
+    values = None
     if method in ("auto", "hooks"):  # auto: hooks whenever the model allows them, never slower
         try:
-            sq, mean_sq, _ = hook_statistics(model, loss_fn, inputs, targets,
-                                             allow_train_mode=allow_train_mode)
-            sums, method = {k: v.sum() for k, v in sq.items()}, "hooks"
+            names, sq, mean_sq, _ = hook_statistics(model, loss_fn, inputs, targets,
+                                                    allow_train_mode=allow_train_mode)
+            values, method = torch.stack([sq.sum(1), mean_sq], 1), "hooks"
         except NotHookable:
             if method == "hooks":
                 raise
             method = "vmap"
-    if method != "hooks":
+    if values is None:
         grads = per_sample_gradients(model, loss_fn, inputs, targets, method=method,
                                      allow_train_mode=allow_train_mode)
-        sums, mean_sq = {}, {}
+        sums, msqs = {}, {}
         for name, g in grads.items():  # sum_i |g_i - gbar|^2 directly: no cancellation
             g = g.reshape(n, -1)
             g = g.to(torch.promote_types(g.dtype, torch.float32))  # float16 squares overflow at 256
@@ -180,11 +181,13 @@ def _estimate(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: 
             centred, msq = sample_sq_norms(g - mean, mean)  # float64, from float32 where it holds them
             k = module_of(name)
             sums[k] = sums.get(k, 0.0) + centred.sum() + n * msq[0]
-            mean_sq[k] = mean_sq.get(k, 0.0) + msq[0]
-    values = torch.stack([torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(mean_sq[k])]) for k in sums])
+            msqs[k] = msqs.get(k, 0.0) + msq[0]
+        names = list(sums)
+        values = torch.stack([torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(msqs[k])])
+                              for k in names])
     values = values.cpu().tolist()  # one host sync
     layers = {}
-    for k, (sum_sq, msq) in zip(sums, values):
+    for k, (sum_sq, msq) in zip(names, values):
         if not (math.isfinite(sum_sq) and math.isfinite(msq)):
             raise _nonfinite(f"layer {k}")
         layers[k] = LayerNoise(*_unbiased(sum_sq, msq, n))

@@ -402,14 +402,16 @@ def per_sample_grad_sq_norms(
         (see ``allow_train_mode`` of ``per_sample_gradients``), a loss that is neither the mean
         nor the sum of per-sample losses.
     """
-    return hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode)[0]
+    names, sq, _, _ = hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode)
+    return dict(zip(names, sq.unbind()))
 
 
 def hook_statistics(
     model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, *,
     allow_train_mode: bool = False, wide: bool = False,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    """Per layer, the per-sample ``|g_i|^2`` [N] and ``|gbar|^2`` (0-d), float64; and N. Products
+) -> tuple[list[str], torch.Tensor, torch.Tensor, int]:
+    """The layers' names, their per-sample ``|g_i|^2`` [layers, N] and ``|gbar|^2`` [layers], float64
+    (``gbar`` the gradient of the mean loss), and N. Products
     in float32 (for float16/bfloat16/float32 models) unless a norm falls outside what float32
     holds: then once more with everything in float64 (``wide``)."""
     tool = "per_sample_grad_sq_norms"
@@ -440,20 +442,25 @@ def hook_statistics(
         lost.append(((batch > 0) & (batch < TINY) | (batch > HUGE)).any())
     if lost and bool(torch.stack([torch.as_tensor(t, device=inputs.device) for t in lost]).any()):
         return hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode, wide=True)
+    names = list(layers)
+    where = {k: i for i, k in enumerate(names)}
     parts = [t for _, t, _, _ in hooks.terms.values()] + ([[batch]] if summed else [])
     squares = torch.cat([t for part in parts for t in part] or [torch.zeros(0, device=inputs.device)]
                         ).double().square().split([sum(len(t) for t in part) for part in parts])
     zeros = torch.zeros(n, dtype=torch.float64, device=inputs.device)
-    sq, mean_sq = dict.fromkeys(layers, zeros), {k: zeros[0] for k in layers}
+    rows, totals, owners = [zeros] * len(names), [], []
     for (k, (kind, _, _, contraction)), square in zip(hooks.terms.items(), squares):
-        sq[k], total = _combine(kind, square, contraction, n, layers[k].bias is not None)
+        rows[where[k]], total = _combine(kind, square, contraction, n, layers[k].bias is not None)
         if total is not None:
-            mean_sq[k] = total
-    for (k, _), square in zip(summed, squares[-1] if summed else ()):
-        mean_sq[k] = mean_sq[k] + square
-    scale = (per_sample_scale / n) ** 2  # gbar is the gradient of the mean loss
-    return ({k: per_sample_scale**2 * v for k, v in sq.items()}, {k: scale * v for k, v in mean_sq.items()},
-            n)
+            totals.append(total.reshape(1))
+            owners.append(where[k])
+    if summed:
+        totals.append(squares[-1])
+        owners += [where[k] for k, _ in summed]
+    mean_sq = zeros.new_zeros(len(names))
+    if totals:
+        mean_sq.index_add_(0, torch.tensor(owners, device=inputs.device), torch.cat(totals))
+    return names, torch.stack(rows) * per_sample_scale**2, mean_sq * (per_sample_scale / n) ** 2, n
 
 
 def _is_mean(loss_fn: LossFn, outputs: object, targets: object, loss: torch.Tensor) -> bool:
