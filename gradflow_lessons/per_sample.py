@@ -226,7 +226,7 @@ def _norms(tensors: Iterable[torch.Tensor], wide: bool) -> tuple[list[torch.Tens
         return [torch.linalg.vector_norm(r, dim=1, dtype=torch.float64) for r in rows], False
     norms = [torch.linalg.vector_norm(r, dim=1) for r in rows]
     flat = torch.cat(norms) if len(norms) > 1 else norms[0]
-    cpu = flat.device.type == "cpu"
+    cpu = _syncs_for_free(flat.device)
     if cpu:
         low, high = torch.aminmax(flat)
         if TINY <= float(low) and float(high) <= HUGE:
@@ -234,6 +234,11 @@ def _norms(tensors: Iterable[torch.Tensor], wide: bool) -> tuple[list[torch.Tens
     nonzero = torch.cat([(r.amax(1) > 0) | (r.amin(1) < 0) for r in rows])  # vector_norm's inf: 10x slower
     lost = ((flat < TINY) & nonzero | (flat > HUGE)).any()
     return norms, bool(lost) if cpu else lost
+
+
+def _syncs_for_free(device: torch.device) -> bool:
+    """Whether reading a value back costs nothing (the CPU) or waits for the device (a GPU)."""
+    return device.type == "cpu"
 
 
 def _conv_sample_grads(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> list[torch.Tensor]:

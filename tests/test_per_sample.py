@@ -252,3 +252,16 @@ def test_an_all_zero_sample_is_exact_in_float32_and_needs_no_float64_redo(monkey
     assert fast["0"][0] == 0
     for k in fast:
         torch.testing.assert_close(fast[k], exact[k], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-30])
+def test_the_deferred_float32_check_of_a_gpu_gives_the_same_norms(monkeypatch, scale):
+    # off the CPU the check is one 0-d tensor per layer and one host sync per call
+    monkeypatch.setattr(per_sample, "_syncs_for_free", lambda device: False)
+    model, loss_fn, x, y, _ = layer_problem("conv2d explicit grouped, reflect padding")
+    x[0] = 0
+    scaled = lambda out, t: scale * loss_fn(out, t)  # noqa: E731
+    exact = per_sample.per_sample_grad_sq_norms(model, scaled, x, y)
+    fast = per_sample.per_sample_grad_sq_norms(model.float(), scaled, x.float(), y)
+    for k in fast:
+        torch.testing.assert_close(fast[k], exact[k], rtol=1e-5, atol=0)
