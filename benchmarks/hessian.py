@@ -14,23 +14,36 @@ Hessian (``P`` products with the unit vectors, then ``torch.linalg.eigvalsh``):
 2. Trace: ``hessian_trace`` over 20 seeds, plain Hutchinson and with Lanczos deflation,
    capped at 100 products: median relative error, and how often ``|error| <= stderr`` (68%
    expected) and ``<= 2 stderr`` (95%).
-3. Cost of one Hessian-vector product relative to one forward + backward, timed
-   interleaved round after round (median of per-round ratios), for the small MLP and a
-   larger one (about 150k parameters) in float32: the cached double backward, building the operator, and
-   forward-over-reverse ``torch.func.jvp(grad(...))`` which recomputes everything each time.
+3. Cost of one Hessian-vector product relative to one forward + backward of the same model
+   (median of per-round ratios over interleaved rounds, every other round in reverse order;
+   process CPU time on a CPU, so what the scheduler gives other jobs is not counted), on the
+   spirals MLP above, an MLP of about 6k parameters (float64) and one of about 150k
+   (float32), for each way of computing it: ``HessianOperator.matvec`` (the gradient's graph
+   built once and kept, one double backward per product) and ``matmat`` on 8 vectors at
+   once; PyHessian's product (Yao et al. 2020), reimplemented here in a few lines
+   (``PyHessianStyle``), and PyHessian 0.1 itself when it happens to be installed (the
+   project does not depend on it); ``torch.autograd.functional.hvp`` and forward-over-reverse
+   ``torch.func.jvp(grad(...))``, which redo the forward and backward every time;
+   ``torch.func.linearize(grad(...))``, forward-over-reverse traced once; and building the
+   operator. Every method's ``H v`` is checked against the operator's first. Methods that
+   keep a graph are built three times and each copy is called once a round.
+
+    python benchmarks/hessian.py --parts 3 --threads 1 --rounds 30   # part 3 alone, about a minute
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, jvp, linearize
 
 from gradflow_lessons import hessian
 from gradflow_lessons.data import spirals
@@ -132,16 +145,70 @@ def trace_section(model, x, y, exact_trace: float, seeds: int) -> None:
               f"{np.median(hvps):11.0f} {within / seeds:8.0%} {within2 / seeds:9.0%}")
 
 
-def cost_ratios(width: int, batch: int, dtype: torch.dtype, device: torch.device, rounds: int) -> None:
-    seed_everything(0)
-    model = MLP(64, 10, depth=4, width=width, activation="tanh").to(device, dtype)
-    x = torch.randn(batch, 64, device=device, dtype=dtype)
-    y = torch.randint(0, 10, (batch,), device=device)
+class PyHessianStyle:
+    """PyHessian 0.1's product, reimplemented in a few lines to time it side by side without
+    depending on it (Yao et al. 2020; ``pyhessian.hessian.__init__`` and
+    ``pyhessian.utils.hessian_vector_product``): ``loss.backward(create_graph=True)`` once,
+    the gradient read from ``.grad``, then per product one
+    ``torch.autograd.grad(gradsH, params, grad_outputs=v, retain_graph=True)`` on lists of
+    per-parameter tensors: no flat vectors, no checks. Runs on a copy (it leaves ``.grad`` set)."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> None:
+        model = copy.deepcopy(model).eval()
+        with warnings.catch_warnings():  # backward(create_graph=True) warns of a reference cycle
+            warnings.simplefilter("ignore")
+            loss_fn(model(x), y).backward(create_graph=True)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grads = [p.grad for p in self.params]
+
+    def hvp(self, v: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(self.grads, self.params, grad_outputs=v, only_inputs=True,
+                                   retain_graph=True)
+
+
+def pyhessian_product(model, loss_fn, x, y):
+    """The installed PyHessian 0.1's own product (``pip install pyhessian``), or None: the project does
+    not depend on it; when present it checks the reimplementation above."""
+    try:
+        from pyhessian import hessian as pyhessian_hessian
+        from pyhessian.utils import hessian_vector_product
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        comp = pyhessian_hessian(copy.deepcopy(model), loss_fn, data=(x, y), cuda=x.device.type == "cuda")
+    return lambda v: hessian_vector_product(comp.gradsH, comp.params, v)
+
+
+COLUMNS = {  # name: what is timed, per product (the first is the baseline)
+    "fwd+bwd": "loss(model(x), y).backward()",
+    "gradflow": "HessianOperator.matvec: flat [P] in and out, graph of g kept (double backward)",
+    "matmat/8": "HessianOperator.matmat of 8 vectors (is_grads_batched), per product",
+    "PyH-style": "PyHessianStyle.hvp above: lists of tensors, graph kept (double backward)",
+    "PyH 0.1": "the installed pyhessian's hessian_vector_product, if installed",
+    "func.hvp": "torch.autograd.functional.hvp: double backward, forward + backward redone each time",
+    "jvp(grad)": "torch.func.jvp(grad(loss)): forward-over-reverse, redone each time",
+    "linearize": "torch.func.linearize(grad(loss)): forward-over-reverse, traced once (not timed)",
+    "build": "HessianOperator(...): forward + backward with create_graph=True",
+}
+
+
+def cost_ratios(label: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int,
+                copies: int = 3) -> None:
+    """Each method that keeps a graph is built ``copies`` times and each round calls every copy
+    once: where a graph's tensors happen to land in memory moves its cost by up to ~10% here,
+    and one lucky or unlucky copy would decide the comparison."""
     loss = torch.nn.CrossEntropyLoss()
     params = {n: p.detach() for n, p in model.named_parameters()}
-    tangent = {n: torch.randn_like(p) for n, p in params.items()}
-    op = hessian.HessianOperator(model, loss, x, y)
-    v = torch.randn(op.dim, device=device, dtype=dtype)
+    names = list(params)
+    ops = [hessian.HessianOperator(model, loss, x, y) for _ in range(copies)]
+    op = ops[0]
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = v.to(x.device, x.dtype)
+    tangent = op.unflatten(v)
+    tangents = list(tangent.values())
+    references = [PyHessianStyle(model, loss, x, y) for _ in range(copies)]
+    installed = [pyhessian_product(model, loss, x, y) for _ in range(copies)]
 
     def loss_of(p):
         return loss(functional_call(model, p, (x,)), y)
@@ -150,35 +217,69 @@ def cost_ratios(width: int, batch: int, dtype: torch.dtype, device: torch.device
         model.zero_grad(set_to_none=True)
         loss(model(x), y).backward()
 
-    tasks = {"fwd+bwd": forward_backward, "HVP": lambda: op.matvec(v),
-             "build": lambda: hessian.HessianOperator(model, loss, x, y),
-             "jvp(grad)": lambda: jvp(grad(loss_of), (params,), (tangent,))}
+    with warnings.catch_warnings():  # torch.fx's constant folding warns about its own graph
+        warnings.simplefilter("ignore", UserWarning)
+        _, linearized = linearize(grad(loss_of), params)
+    block = torch.randn(8, op.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    block = block.to(x.device, x.dtype)
+    tasks = {"fwd+bwd": [forward_backward], "gradflow": [lambda op=op: op.matvec(v) for op in ops],
+             "matmat/8": [lambda op=op: op.matmat(block) for op in ops],
+             "PyH-style": [lambda r=r: r.hvp(tangents) for r in references],
+             "PyH 0.1": [lambda p=p: p(tangents) for p in installed if p is not None],
+             "func.hvp": [lambda: torch.autograd.functional.hvp(
+                 lambda *p: loss_of(dict(zip(names, p))), tuple(params.values()), tuple(tangents))],
+             "jvp(grad)": [lambda: jvp(grad(loss_of), (params,), (tangent,))],
+             "linearize": [lambda: linearized(tangent)],
+             "build": [lambda: hessian.HessianOperator(model, loss, x, y)]}
+    tasks = {name: calls for name, calls in tasks.items() if calls}
+    expected = op.matvec(v)  # the methods all compute the same H v
+    for name, products in (("PyH-style", references[0].hvp(tangents)),
+                           ("PyH 0.1", installed[0] and installed[0](tangents)),
+                           ("func.hvp", tasks["func.hvp"][0]()[1]),
+                           ("linearize", linearized(tangent).values())):
+        if products:
+            torch.testing.assert_close(torch.cat([h.reshape(-1) for h in products]), expected, msg=name)
+    torch.testing.assert_close(op.matmat(block), torch.stack([op.matvec(row) for row in block]))
     times: dict[str, list[float]] = {name: [] for name in tasks}
-    for task in tasks.values():  # warm-up
-        task()
-    for _ in range(rounds):
-        for name, task in tasks.items():
-            reps = 3
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                task()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append((time.perf_counter() - start) / reps)
+    for calls in tasks.values():  # warm-up
+        for call in calls:
+            call()
+    # on a CPU, the process's CPU time: the time the scheduler gives other jobs on a shared machine
+    # is not counted (it is most of the noise there); on a GPU, wall-clock time
+    clock = time.perf_counter if x.device.type == "cuda" else time.process_time
+    reps = 3
+    for round_ in range(rounds):  # every other round in reverse order: no task always follows the same one
+        for name, calls in (list(tasks.items()) if round_ % 2 == 0 else list(tasks.items())[::-1]):
+            calls = (calls * reps)[:reps]  # three calls: one on each copy, where there are copies
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            start = clock()
+            for call in calls:
+                call()
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            times[name].append((clock() - start) / reps / (8 if name == "matmat/8" else 1))
     base = times["fwd+bwd"]
     ratio = {name: statistics.median(t / b for t, b in zip(times[name], base)) for name in tasks}
-    label = f"MLP width {width}, {op.dim:,} params, N={batch}, {str(dtype)[6:]}"
-    print(f"{label:34s} {1e3 * statistics.median(base):10.2f} {ratio['HVP']:5.2f}x "
-          f"{ratio['build']:5.2f}x {ratio['jvp(grad)']:8.2f}x")
+    label = f"{label}, {op.dim:,} params, N={len(x)}, {str(x.dtype)[6:]}"
+    cells = " ".join(f"{f'{ratio[name]:.2f}x' if name in ratio else '-':>9s}" for name in list(COLUMNS)[1:])
+    print(f"{label:50s} {1e3 * statistics.median(base):10.2f} {cells}")
 
 
-def timing_section(device: torch.device, rounds: int) -> None:
-    print(f"\n3. cost relative to one forward + backward (median over {rounds} interleaved rounds)")
-    print(f"{'model':34s} {'fwd+bwd ms':>10s} {'HVP':>6s} {'build':>6s} {'jvp(grad)':>9s}")
+def timing_section(device: torch.device, rounds: int, spirals_mlp, width: int) -> None:
+    print(f"\n3. cost of one Hessian-vector product relative to one forward + backward of the same model "
+          f"(median over {rounds} interleaved rounds, 3 calls each, on 3 copies of each kept graph)")
+    for name, what in COLUMNS.items():
+        print(f"   {name:10s} {what}")
+    print(f"{'model':50s} {'fwd+bwd ms':>10s} " + " ".join(f"{name:>9s}" for name in list(COLUMNS)[1:]))
+    model, x, y = spirals_mlp
+    cost_ratios(f"MLP 2-{width}-{width}-3 spirals", model, x, y, rounds)
     for width, batch, dtype in ((40, 300, torch.float64), (256, 256, torch.float32)):
-        cost_ratios(width, batch, dtype, device, rounds)
+        seed_everything(0)
+        model = MLP(64, 10, depth=4, width=width, activation="tanh").to(device, dtype)
+        x = torch.randn(batch, 64, device=device, dtype=dtype)
+        y = torch.randint(0, 10, (batch,), device=device)
+        cost_ratios(f"MLP 64-{width}x3-10", model, x, y, rounds)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--parts", choices=["all", "3"], default="all",
+                        help="3: only the cost of one product (part 3)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -197,15 +300,15 @@ def main(argv: list[str] | None = None) -> None:
           f"device {device}")
 
     model, x, y = trained_mlp(args.width, device)
-    start = time.perf_counter()
-    exact = hessian.exact_hessian(model, torch.nn.CrossEntropyLoss(), x, y)
-    eigenvalues = torch.linalg.eigvalsh(exact).numpy()
-    print(f"MLP 2-{args.width}-{args.width}-3 (tanh) trained on spirals: {exact.shape[0]:,} parameters, "
-          f"float64; exact Hessian from {exact.shape[0]:,} HVPs in {time.perf_counter() - start:.0f} s")
-    eigenvalue_section(model, x, y, eigenvalues[::-1][:3], float(eigenvalues[0]))
-    trace_section(model, x, y, float(np.trace(exact.numpy())), args.seeds)
-    timing_section(device, args.rounds)
-
+    if args.parts != "3":
+        start = time.perf_counter()
+        exact = hessian.exact_hessian(model, torch.nn.CrossEntropyLoss(), x, y)
+        eigenvalues = torch.linalg.eigvalsh(exact).numpy()
+        print(f"MLP 2-{args.width}-{args.width}-3 (tanh) trained on spirals: {exact.shape[0]:,} parameters, "
+              f"float64; exact Hessian from {exact.shape[0]:,} HVPs in {time.perf_counter() - start:.0f} s")
+        eigenvalue_section(model, x, y, eigenvalues[::-1][:3], float(eigenvalues[0]))
+        trace_section(model, x, y, float(np.trace(exact.numpy())), args.seeds)
+    timing_section(device, args.rounds, (model, x, y), args.width)
 
 if __name__ == "__main__":
     main()

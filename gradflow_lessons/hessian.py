@@ -8,11 +8,15 @@ multiplication by the Hessian"). Differentiate ``g(theta)^T v`` once more:
 
 ``HessianOperator`` runs the forward pass and the gradient (with its graph) **once**, keeps
 that graph, and answers each ``H v`` with one backward pass through it ("double backward").
-Cost: building the operator is about one forward + backward (1.1-1.4x: the backward records
-its own graph); each product is then one backward through the graph of forward + backward,
-1.0-1.8x a plain forward + backward on a 2-core CPU (up to 3x with two busy threads;
-``benchmarks/hessian.py``), against 3.5-6x for ``torch.func.jvp(grad(...))``, which
-recomputes everything each time. Memory: that graph, held until the operator is dropped.
+Cost, with one thread on a 2-core CPU (``benchmarks/hessian.py``, part 3): building the
+operator is about 1.5-2x one forward + backward (the backward records its own graph); each
+product is then one backward through the graph of forward + backward, 1.6-2.1x a plain
+forward + backward: the backward PyHessian (Yao et al. 2020) runs on its lists of
+per-parameter tensors, plus one copy into the flat ``[P]`` result and one finiteness check
+(1-8% more than PyHessian's product, side by side). ``torch.autograd.functional.hvp`` and
+``torch.func.jvp(grad(...))`` (forward-over-reverse) cost 4-6x, since they redo the forward
+and backward every time; ``torch.func.linearize(grad(...))`` traces them once and still
+costs 1.5-2x. Memory: that graph, held until the operator is dropped.
 
 Everything else is built on ``H v``:
 
@@ -112,7 +116,8 @@ class HessianOperator:
             self.names = list(named)
             self.shapes = [p.shape for p in named.values()]
             self._params = list(named.values())
-            self.dim = sum(p.numel() for p in self._params)
+            self._sizes = [p.numel() for p in self._params]
+            self.dim = sum(self._sizes)
             self.dtype, self.device = self._params[0].dtype, self._params[0].device
             with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
                 loss = checked_loss(loss_fn(model(inputs), targets), "the Hessian tools")
@@ -120,59 +125,88 @@ class HessianOperator:
                 raise ValueError("the loss is NaN/Inf: the Hessian is undefined. Check inputs and targets "
                                  "for NaN/Inf, or lower the learning rate that brought the model here.")
             grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
-        self._grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, grads)]
+            # g [P], flattened once with its graph: a product's cotangent is then the flat vector itself,
+            # split by the engine, with no per-product bookkeeping in Python (issue 17)
+            self._flat_gradient = torch.cat([g.reshape(-1) for g in grads])
         self.loss = loss.item()
-        self.gradient = torch.cat([g.detach().reshape(-1) for g in self._grads])  # [P]
+        self.gradient = self._flat_gradient.detach().clone()  # [P]
         if not torch.isfinite(self.gradient).all():
             raise ValueError("the gradient has NaN/Inf entries: the Hessian is undefined. Check the loss "
                              "for non-differentiable points (sqrt(0), log(0)) and the inputs for NaN/Inf.")
-        self._live = [i for i, g in enumerate(self._grads) if g.requires_grad]  # the rest: H rows are 0
+        self._curved = [g.requires_grad for g in grads]  # False: the gradient is constant, its H rows are 0
+        self._inputs = [p for p, curved in zip(self._params, self._curved) if curved]
+        self._dense = all(self._curved)  # the usual case: matvec's short path (every parameter has an H v)
+        self._shape = torch.Size([self.dim])
+        self._batchable = True  # until vmap fails on one of the model's operations
         self.n_hvp = 0
 
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a flat ``[P]`` vector into ``{name: tensor of the parameter's shape}``."""
-        chunks = vector.split([math.prod(s) for s in self.shapes])
+        chunks = vector.split(self._sizes)
         return {n: c.reshape(s) for n, c, s in zip(self.names, chunks, self.shapes)}
+
+    def _products(self, cotangents: torch.Tensor, batched: bool) -> torch.Tensor:
+        """``H v`` [P] for a flat ``v`` [P], or ``[B, P]`` for ``[B, P]`` with ``batched``: one double
+        backward, ``d (g . v) / d theta``, through the kept graph of ``g``; zeros where a
+        parameter's gradient is constant or unused."""
+        if not self._inputs:  # every gradient is constant (a linear loss): H = 0
+            return torch.zeros_like(cotangents)
+        hv = iter(torch.autograd.grad(self._flat_gradient, self._inputs, cotangents, retain_graph=True,
+                                      allow_unused=True, is_grads_batched=batched))
+        lead = cotangents.shape[:-1]  # () or (B,)
+        chunks = [next(hv) if curved else None for curved in self._curved]  # None: that H row is 0
+        return torch.cat([cotangents.new_zeros(*lead, size) if h is None else h.reshape(*lead, size)
+                          for h, size in zip(chunks, self._sizes)], dim=-1)
+
+    def _finite(self, products: torch.Tensor) -> torch.Tensor:
+        # one reduction and one host sync: NaN and Inf propagate into the sum, so a finite sum means
+        # finite entries; only a non-finite sum (or an overflowing one) is looked at entry by entry
+        if not math.isfinite(products.sum().item()) and not torch.isfinite(products).all():
+            raise ValueError("a Hessian-vector product has NaN/Inf entries: the loss has no finite second "
+                             "derivative here (e.g. |x|^1.5 or sqrt at 0), or the curvature overflows in "
+                             "this dtype; check the loss, or retry with dtype=torch.float64.")
+        return products
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """``H v`` [P] for a flat ``[P]`` vector: one Hessian-vector product."""
+        vector = vector.to(self.device, self.dtype)
+        if vector.shape != self._shape:
+            vector = vector.reshape(-1)
+            if vector.shape != self._shape:
+                raise ValueError(f"expected a vector of P={self.dim} entries, got {vector.shape[0]}")
+        self.n_hvp += 1
+        if self._dense:  # the short path: nothing between two products but one copy and one check
+            try:
+                hv = torch.autograd.grad(self._flat_gradient, self._params, vector, retain_graph=True)
+                return self._finite(torch.cat(list(map(torch.flatten, hv))))
+            except RuntimeError:  # a parameter the double backward does not reach (or a real error,
+                self._dense = False  # which the long path raises again): the long path from now on
+        return self._finite(self._products(vector, batched=False))
+
+    __matmul__ = matvec
 
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H V^T`` for ``vectors`` ``[B, P]``, returned as ``[B, P]``; counts ``B`` products.
 
-        Batched with ``is_grads_batched`` (vmap) when the model's operations allow it.
+        Batched with ``is_grads_batched`` (vmap) when the model's operations allow it, else
+        one product at a time.
         """
         vectors = vectors.to(self.device, self.dtype)
         if vectors.dim() != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape [B, {self.dim}], got {list(vectors.shape)}")
-        out = torch.zeros_like(vectors)
-        if self._live:
-            live = [self._params[i] for i in self._live]
-            parts = vectors.split([math.prod(s) for s in self.shapes], dim=1)
-            cotangents = [parts[i].reshape(-1, *self.shapes[i]) for i in self._live]
-            outputs = [self._grads[i] for i in self._live]
+        out = None
+        if vectors.shape[0] > 1 and self._batchable:
             try:
-                hv = torch.autograd.grad(outputs, live, cotangents, retain_graph=True,
-                                         allow_unused=True, is_grads_batched=vectors.shape[0] > 1)
-            except RuntimeError:  # an operation vmap cannot batch: one product at a time
-                rows = [torch.autograd.grad(outputs, live, [c[b] for c in cotangents], retain_graph=True,
-                                            allow_unused=True) for b in range(vectors.shape[0])]
-                hv = [torch.stack([r[j] if r[j] is not None else torch.zeros_like(live[j]) for r in rows])
-                      for j in range(len(live))]
-            full = [vectors.new_zeros(vectors.shape[0], *s) for s in self.shapes]
-            for j, i in enumerate(self._live):
-                if hv[j] is not None:
-                    full[i] = hv[j].reshape(vectors.shape[0], *self.shapes[i])
-            out = torch.cat([f.reshape(vectors.shape[0], -1) for f in full], dim=1)
+                out = self._products(vectors, batched=True)
+            except RuntimeError:  # an operation vmap cannot batch: one product at a time from now on
+                self._batchable = False
+        if out is None and len(vectors):
+            out = torch.stack([self._products(v, batched=False) for v in vectors])
+        elif out is None:  # no vectors: [0, P]
+            out = vectors.clone()
         self.n_hvp += vectors.shape[0]
-        if not torch.isfinite(out).all():
-            raise ValueError("a Hessian-vector product has NaN/Inf entries: the loss has no finite second "
-                             "derivative here (e.g. |x|^1.5 or sqrt at 0), or the curvature overflows in "
-                             "this dtype; check the loss, or retry with dtype=torch.float64.")
-        return out
-
-    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
-        """``H v`` for a flat ``[P]`` vector: one Hessian-vector product."""
-        return self.matmat(vector.reshape(1, -1))[0]
-
-    __matmul__ = matvec
+        return self._finite(out)
 
 
 def hessian_vector_product(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,

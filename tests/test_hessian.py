@@ -109,6 +109,116 @@ def test_batched_products_equal_single_products_and_are_all_counted():
     assert op.n_hvp == 10
 
 
+class _CubeGrad(torch.autograd.Function):
+    """d(x^3)/dx * g, whose own backward makes a host sync (.item()) that vmap cannot batch."""
+
+    @staticmethod
+    def forward(ctx, x, g):
+        ctx.save_for_backward(x, g)
+        return 3 * x.square() * g
+
+    @staticmethod
+    def backward(ctx, gg):
+        x, g = ctx.saved_tensors
+        assert gg.abs().max().item() >= 0
+        return 6 * x * g * gg, 3 * x.square() * gg
+
+
+class _Cube(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, g):
+        return _CubeGrad.apply(ctx.saved_tensors[0], g)
+
+
+class CubeNet(nn.Module):
+    """A linear layer, a custom cube whose double backward vmap cannot batch, a scalar parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.temperature = nn.Parameter(torch.tensor(0.7))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return _Cube.apply(self.linear(inputs)) * self.temperature
+
+
+def test_batched_products_fall_back_to_one_at_a_time_where_vmap_cannot_batch():
+    model, x, y = CubeNet(), torch.randn(5, 3), torch.randint(0, 2, (5,))
+    op = hessian.HessianOperator(model, nn.CrossEntropyLoss(), x, y)
+    vectors = torch.randn(4, op.dim)
+    batched = op.matmat(vectors)
+    assert not op._batchable  # vmap failed once: every later matmat goes one product at a time
+    torch.testing.assert_close(batched, torch.stack([op.matvec(v) for v in vectors]), rtol=0, atol=0)
+    assert op.n_hvp == 8 and op.matmat(vectors[:0]).shape == (0, op.dim)
+
+
+def test_products_match_brute_force_with_a_scalar_parameter_one_at_a_time_and_batched():
+    model, x, y = CubeNet(), torch.randn(5, 3), torch.randint(0, 2, (5,))
+    exact = brute_force_hessian(model, nn.CrossEntropyLoss(), x, y)
+    op = hessian.HessianOperator(model, nn.CrossEntropyLoss(), x, y)
+    vectors = torch.randn(3, op.dim)
+    torch.testing.assert_close(op.matmat(vectors), vectors @ exact, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.matvec(vectors[0]), exact @ vectors[0], rtol=1e-10, atol=1e-12)
+
+
+class _OneSidedProduct(torch.autograd.Function):
+    """a * b whose backward hides b from the second derivative: both gradients have a graph, but
+    only through a (g_a = g b a / a with b and the divisor detached, g_b = g a)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        return g * b.detach() * a / a.detach(), g * a
+
+
+class OneSided(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(2.0))
+        self.b = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return _OneSidedProduct.apply(self.a, self.b)
+
+
+def test_a_parameter_the_double_backward_does_not_reach_gets_a_zero_product():
+    op = hessian.HessianOperator(OneSided(), lambda out, y: out, torch.zeros(1), torch.zeros(1))
+    expected = torch.tensor([7.0 * 3 / 2 + 5, 0.0])  # (d(g . v)/da, d(g . v)/db) = (v_a b / a + v_b, 0)
+    torch.testing.assert_close(op.matvec(torch.tensor([7.0, 5.0])), expected, rtol=0, atol=0)
+    torch.testing.assert_close(op.matvec(torch.tensor([7.0, 5.0])), expected, rtol=0, atol=0)
+    torch.testing.assert_close(op.matmat(torch.tensor([[7.0, 5.0]] * 2)), torch.stack([expected] * 2))
+
+
+def test_a_vector_of_the_wrong_length_is_named():
+    op = hessian.HessianOperator(*tiny_problem())
+    with pytest.raises(ValueError, match="P=46 entries, got 45"):
+        op.matvec(torch.ones(45))
+    with pytest.raises(ValueError, match=r"shape \[B, 46\]"):
+        op.matmat(torch.ones(2, 45))
+
+
+def test_products_leave_the_model_its_gradients_and_no_hooks():
+    model, loss_fn, x, y = tiny_problem()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss_fn(model(x), y).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    op = hessian.HessianOperator(model, loss_fn, x, y)
+    op.matvec(torch.randn(op.dim))
+    op.matmat(torch.randn(3, op.dim))
+    assert count_hooks(model) == 0
+    assert all(p.grad is grads[n] and torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_operator_restricted_to_some_parameters_gives_that_block_of_the_hessian():
     model, loss_fn, x, y = tiny_problem()
     names = [n for n, _ in model.named_parameters()]
