@@ -133,29 +133,30 @@ def contraction_table(model: nn.Module, x: torch.Tensor) -> list[str]:
                         f"groups={groups}: L(K+O)={length * (k + o):,} vs KO={k * o:,} -> {how}")
         return hook
 
-    handles = [m.register_forward_hook(note(n)) for n, m in model.named_modules()
-               if isinstance(m, per_sample.HOOK_LAYERS)]
+    forward_with_hooks(model, x, {m: note(n) for n, m in model.named_modules()
+                                  if isinstance(m, per_sample.HOOK_LAYERS)})
+    return rows
+
+
+def forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: dict) -> None:
+    """One forward of ``model`` without gradients, with ``hooks`` ({module: forward hook}) on."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
     try:
         with torch.no_grad():
             model(x)
     finally:
         for handle in handles:
             handle.remove()
-    return rows
 
 
 def gram_memory(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes the largest layer's float64 Gram matrices would take (N L^2 each, two of them)."""
     sizes = []
-    handles = [m.register_forward_hook(lambda m, a, o: sizes.append(o[0].numel() // (
-        o.shape[-1] if isinstance(m, nn.Linear) else m.out_channels)))
-        for m in model.modules() if isinstance(m, per_sample.HOOK_LAYERS)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+
+    def size(m: nn.Module, args: tuple, o: torch.Tensor) -> None:
+        sizes.append(o[0].numel() // (o.shape[-1] if isinstance(m, nn.Linear) else m.out_channels))
+
+    forward_with_hooks(model, x, {m: size for m in model.modules() if isinstance(m, per_sample.HOOK_LAYERS)})
     return 2 * 8 * len(x) * max(sizes) ** 2
 
 
