@@ -68,12 +68,29 @@ def test_every_graded_check_fails_in_the_generated_exercise_because_the_stub_rai
         assert error.ename == "NotImplementedError", f"{cell.id} failed with {error.ename}"
 
 
-# tests/wrong_answers/NAME.py lists plausible wrong answers for solutions/NAME.ipynb.
-CASES = [
-    (path.stem + ".ipynb", description, cells)
-    for path in sorted((ROOT / "tests" / "wrong_answers").glob("*.py"))
-    for description, cells in runpy.run_path(str(path))["WRONG_ANSWERS"]
-]
+# tests/wrong_answers/NAME.py lists plausible wrong answers for solutions/NAME.ipynb, and may
+# list CORRECT_ANSWERS: right answers written differently (a loop, a vectorised one, float64
+# inside), each a (description, {cell id: source}) as well.
+_ANSWERS = {path.stem + ".ipynb": runpy.run_path(str(path))
+            for path in sorted((ROOT / "tests" / "wrong_answers").glob("*.py"))}
+CASES = [(name, description, cells) for name, answers in _ANSWERS.items()
+         for description, cells in answers["WRONG_ANSWERS"]]
+RIGHT = [(name, description, cells) for name, answers in _ANSWERS.items()
+         for description, cells in answers.get("CORRECT_ANSWERS", [])]
+
+
+def with_cells(solution: Path, cells: dict[str, str], demos: bool = True):
+    """The solution notebook with ``cells`` (id -> source) in place; without its grader-skip
+    demos if not ``demos`` (the checks do not need them)."""
+    nb = copy.deepcopy(nbformat.read(solution, as_version=4))
+    cells = dict(cells)
+    for cell in nb.cells:
+        if cell.id in cells:
+            cell.source = cells.pop(cell.id)
+    assert not cells, f"no cell with id {sorted(cells)} in {solution.name}"
+    if not demos:
+        nb.cells = [c for c in nb.cells if "grader-skip" not in c.metadata.get("tags", [])]
+    return nb
 
 
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
@@ -84,14 +101,18 @@ def test_every_exercise_has_plausible_wrong_answers(solution):
 @pytest.mark.parametrize("name, description, cells", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])
 def test_a_plausible_wrong_answer_fails_a_check(name, description, cells):
     solution = ROOT / "solutions" / name
-    nb = nbformat.read(solution, as_version=4)
-    wrong = copy.deepcopy(nb)
-    for cell in wrong.cells:
-        if cell.id in cells:
-            cell.source = cells.pop(cell.id)
-    assert not cells, f"no cell with id {sorted(cells)} in {name}"
+    wrong = with_cells(solution, cells)
     run_notebook(wrong, solution.parent, allow_errors=True)
     failed = [c.id for c in graded_cells(wrong) if error_of(c) is not None]
     assert failed, f"every check passes with: {description}"
     errors = {error_of(c).ename for c in graded_cells(wrong) if error_of(c) is not None}
     assert errors & {"CheckFailed", "AssertionError", "RuntimeError", "IndexError"}, errors
+
+
+@pytest.mark.parametrize("name, description, cells", RIGHT, ids=[f"{c[0]}: {c[1]}" for c in RIGHT])
+def test_a_differently_written_correct_answer_earns_every_point(name, description, cells):
+    solution = ROOT / "solutions" / name
+    right = run_notebook(with_cells(solution, cells, demos=False), solution.parent, allow_errors=True)
+    for cell in graded_cells(right):
+        error = error_of(cell)
+        assert error is None, f"{cell.id}: {description}: {error and error.ename}: {error and error.evalue}"
