@@ -3,6 +3,8 @@
 A list of (description, {solution cell id: wrong source}); tests/test_exercises.py runs each.
 The scaler is one class in one cell, so each wrong answer is the solution's class with one
 method body changed (``_patched`` fails loudly if the solution no longer holds the text).
+CORRECT_ANSWERS, in the same form, are right answers written differently: each must pass
+every check.
 """
 
 from pathlib import Path
@@ -63,5 +65,33 @@ WRONG_ANSWERS = [
         _patched("solution-scaler",
                  "        self.unscaled = False\n        self.found_inf = False\n",
                  "        self.found_inf = False\n"),
+    ),
+    (
+        "clip_and_step that never calls scaler.update(): the scale never adapts",
+        _patched("solution-clip-and-step", "    scaler.update()\n", ""),
+    ),
+    (
+        "clip_and_step that returns clip_grad_norm_'s tensor, not a Python float",
+        _patched("solution-clip-and-step", "    return float(norm)", "    return norm"),
+    ),
+    (
+        "update that keeps found_inf: the flag of a skipped step outlives its iteration",
+        _patched("solution-scaler",
+                 "        self.unscaled = False\n        self.found_inf = False\n",
+                 "        self.unscaled = False\n"),
+    ),
+]
+
+CORRECT_ANSWERS = [
+    (
+        "div_ instead of mul_ by the inverse, any() over isinf | isnan, norm.item() for the float",
+        {
+            **_patched("solution-scaler",
+                       "                p.grad.mul_(inverse)\n"
+                       "                found = found or not bool(torch.isfinite(p.grad).all())\n",
+                       "                p.grad.div_(self.current_scale)\n"
+                       "                found |= bool((torch.isinf(p.grad) | torch.isnan(p.grad)).any())\n"),
+            **_patched("solution-clip-and-step", "    return float(norm)", "    return norm.item()"),
+        },
     ),
 ]
