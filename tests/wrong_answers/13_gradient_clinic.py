@@ -3,6 +3,22 @@
 A list of (description, {solution cell id: wrong source}); tests/test_exercises.py runs each.
 """
 
+from pathlib import Path
+
+import nbformat
+
+_SOLUTION = Path(__file__).resolve().parents[2] / "solutions" / "13_gradient_clinic.ipynb"
+_SOURCES = {c.id: c.source for c in nbformat.read(_SOLUTION, as_version=4).cells}
+
+
+def _patched(cell_id: str, old: str, new: str) -> dict[str, str]:
+    source = _SOURCES[cell_id]
+    if source.count(old) != 1:
+        raise ValueError(f"{cell_id} of {_SOLUTION.name} no longer holds {old!r} once; "
+                         "update this wrong answer")
+    return {cell_id: source.replace(old, new)}
+
+
 THRESHOLDS = "LAYER_GAIN_MAX = 2.0\nACCUMULATION_MIN = 1.5\n\n\n"
 
 # treat() as in the solution, but over an examine() of the wrong answer's choosing.
@@ -61,5 +77,13 @@ WRONG_ANSWERS = [
             "    fix.update(init='kaiming', clip=1.0)\n"
             "    return fix"
         )},
+    ),
+    (
+        "examine that trusts diagnose's dead_relu threshold alone: a layer 75% dead is missed",
+        _patched("solution-examine", "    if dead >= dead_min:", "    if False:"),
+    ),
+    (
+        "examine whose layer-gain threshold is 3x: a slowly growing init_scale is missed",
+        _patched("solution-examine", "    layer_gain_max = 2.0", "    layer_gain_max = 3.0"),
     ),
 ]
