@@ -13,9 +13,9 @@ What is tracked (``monitor.history``, ``.activations``, ``.histograms``):
 - **Gradients**, from ``p.grad`` (no backward hook), per module that owns trainable
   parameters: the L2 norm ``sqrt(sum_p ||g_p||^2)`` over its own parameters and the count
   of NaN/Inf entries (kept, never dropped), every record: one ``torch._foreach_norm``
-  pass and one host sync. Mean and max ``|g|`` and the fraction of exact zeros take three
-  more passes: on the *detail* records, every ``detail_every``-th (default 10; the first
-  record is always one).
+  pass and one host sync. Mean and max ``|g|`` and the fraction of exact zeros take one
+  more pass (``|g|``) and three reductions of it: on the *detail* records, every
+  ``detail_every``-th (default 10; the first record is always one).
 - **Activations**, on the detail records, from forward hooks on every leaf module but
   ``nn.Identity`` (parameter-free ones included), pooled over the forwards run with grad
   enabled since the previous record: mean, std, the fraction of **dead** ReLU units (zero for the whole
@@ -189,10 +189,10 @@ class GradientMonitor:
         detail_every: make every n-th ``record()``, the first included, a detail record
             (0: none): mean and max |g|, the zero fraction, the activation statistics and
             the update-to-data ratio are taken then. Norms and non-finite counts are
-            taken on every record. Each detail record costs several times what the norms
-            do (README, "Overhead"):
-            ``detail_every=1`` records everything every step, as lesson 05 does on its
-            short runs; the default 10 keeps a long run's cost near a bare step.
+            taken on every record. A detail record costs several times what the norms
+            do (README, "Overhead"): ``detail_every=1`` records everything every step, as
+            lesson 05 does on its short runs; the default 10 keeps a long run's cost near
+            a bare step.
         bins: histogram bins.
         histogram_samples: histogram at most this many entries per layer and step.
         grad_range: ``(lo, hi)`` of the gradient histograms, in ``log10 |g|``.
