@@ -5,20 +5,8 @@ CORRECT_ANSWERS, in the same form, are right answers written differently (loops,
 with torch): each must pass every check.
 """
 
-from pathlib import Path
-
-import nbformat
-
-_SOLUTION = Path(__file__).resolve().parents[2] / "solutions" / "09_gradient_dashboard.ipynb"
-_SOURCES = {c.id: c.source for c in nbformat.read(_SOLUTION, as_version=4).cells}
-
-
-def _patched(cell_id: str, old: str, new: str) -> dict[str, str]:
-    source = _SOURCES[cell_id]
-    if source.count(old) != 1:
-        raise ValueError(f"{cell_id} of {_SOLUTION.name} no longer holds {old!r} once; "
-                         "update this wrong answer")
-    return {cell_id: source.replace(old, new)}
+patched = globals()["patched"]  # (cell id, old, new) -> {cell id: the solution cell with old,
+# found exactly once, replaced by new}; tests/test_exercises.py gives it, for this file's solution
 
 
 WRONG_ANSWERS = [
@@ -105,7 +93,7 @@ WRONG_ANSWERS = [
     ),
     (
         "heat-map table that turns an Inf norm into NaN (a blown-up layer looks silent)",
-        _patched("solution-norm-matrix", "] = r.grad_norm",
+        patched("solution-norm-matrix", "] = r.grad_norm",
                  "] = r.grad_norm if math.isfinite(r.grad_norm) else math.nan"),
     ),
     (
@@ -135,30 +123,30 @@ WRONG_ANSWERS = [
     ),
     (
         "global norms whose steps come back as a tensor's items (floats, not ints)",
-        _patched("solution-global-norms", "    steps = sorted(totals)\n",
+        patched("solution-global-norms", "    steps = sorted(totals)\n",
                  "    steps = torch.tensor(sorted(totals), dtype=torch.float64).tolist()\n"),
     ),
     (
         "spike alarm with >= : a value equal to factor x median (and every zero after zeros) is a spike",
-        _patched("solution-find-spikes", "value > factor", "value >= factor"),
+        patched("solution-find-spikes", "value > factor", "value >= factor"),
     ),
     (
         "spike alarm that reads norms[0] first: breaks on an empty tensor",
-        _patched("solution-find-spikes", "    values = [float(v) for v in norms]\n",
+        patched("solution-find-spikes", "    values = [float(v) for v in norms]\n",
                  "    values = [float(v) for v in norms]\n    first_finite = math.isfinite(values[0])\n"),
     ),
     (
         "spike alarm returning a tensor of positions",
-        _patched("solution-find-spikes", "    return spikes",
+        patched("solution-find-spikes", "    return spikes",
                  "    return torch.tensor(spikes, dtype=torch.long)"),
     ),
     (
         "alerts that count nonfinite entries only above one (nonfinite > 1)",
-        _patched("solution-alerts", "r.nonfinite > 0]", "r.nonfinite > 1]"),
+        patched("solution-alerts", "r.nonfinite > 0]", "r.nonfinite > 1]"),
     ),
     (
         "alerts that sort the caller's records by grad_norm in place to find the top layer",
-        _patched("solution-alerts",
+        patched("solution-alerts",
                  "        finite = [r for r in records if math.isfinite(r.grad_norm)]\n",
                  "        records.sort(key=lambda r: -r.grad_norm if math.isfinite(r.grad_norm)\n"
                  "                     else math.inf)\n"
@@ -166,7 +154,7 @@ WRONG_ANSWERS = [
     ),
     (
         "alerts whose spike names the last of several tied layers (>= in a running maximum)",
-        _patched("solution-alerts",
+        patched("solution-alerts",
                  "        top = max(finite, key=lambda r: r.grad_norm) if finite else None\n",
                  "        top = None\n"
                  "        for r in finite:\n"
@@ -175,18 +163,18 @@ WRONG_ANSWERS = [
     ),
     (
         "alerts that crash when no layer is finite (max of an empty list)",
-        _patched("solution-alerts", "max(finite, key=lambda r: r.grad_norm) if finite else None",
+        patched("solution-alerts", "max(finite, key=lambda r: r.grad_norm) if finite else None",
                  "max(finite, key=lambda r: r.grad_norm)"),
     ),
     (
         "dashboard frame that lets an unrecorded step raise KeyError (not a ValueError naming the steps)",
-        _patched("solution-dashboard",
+        patched("solution-dashboard",
                  "        if step not in steps:\n",
                  "        if False:\n"),
     ),
     (
         "dashboard update that compares the first spike, not the last, with this step",
-        _patched("solution-dashboard", "spikes[-1] == len(steps) - 1", "spikes[0] == len(steps) - 1"),
+        patched("solution-dashboard", "spikes[-1] == len(steps) - 1", "spikes[0] == len(steps) - 1"),
     ),
 ]
 

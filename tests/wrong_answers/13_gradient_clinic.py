@@ -3,20 +3,8 @@
 A list of (description, {solution cell id: wrong source}); tests/test_exercises.py runs each.
 """
 
-from pathlib import Path
-
-import nbformat
-
-_SOLUTION = Path(__file__).resolve().parents[2] / "solutions" / "13_gradient_clinic.ipynb"
-_SOURCES = {c.id: c.source for c in nbformat.read(_SOLUTION, as_version=4).cells}
-
-
-def _patched(cell_id: str, old: str, new: str) -> dict[str, str]:
-    source = _SOURCES[cell_id]
-    if source.count(old) != 1:
-        raise ValueError(f"{cell_id} of {_SOLUTION.name} no longer holds {old!r} once; "
-                         "update this wrong answer")
-    return {cell_id: source.replace(old, new)}
+patched = globals()["patched"]  # (cell id, old, new) -> {cell id: the solution cell with old,
+# found exactly once, replaced by new}; tests/test_exercises.py gives it, for this file's solution
 
 
 THRESHOLDS = "LAYER_GAIN_MAX = 2.0\nACCUMULATION_MIN = 1.5\n\n\n"
@@ -80,10 +68,10 @@ WRONG_ANSWERS = [
     ),
     (
         "examine that trusts diagnose's dead_relu threshold alone: a layer 75% dead is missed",
-        _patched("solution-examine", "    if dead >= dead_min:", "    if False:"),
+        patched("solution-examine", "    if dead >= dead_min:", "    if False:"),
     ),
     (
         "examine whose layer-gain threshold is 3x: a slowly growing init_scale is missed",
-        _patched("solution-examine", "    layer_gain_max = 2.0", "    layer_gain_max = 3.0"),
+        patched("solution-examine", "    layer_gain_max = 2.0", "    layer_gain_max = 3.0"),
     ),
 ]
