@@ -82,22 +82,36 @@ def wide(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+BLAS_DTYPES = (torch.float32, torch.float64)
+BLAS_MIN = 1 << 14
+"""A contiguous CPU tensor of a ``BLAS_DTYPES`` dtype with at least ``BLAS_MIN`` entries has its
+sum of squares taken by BLAS (``torch.dot(g, g)``): it runs on every torch thread and reads
+memory at about twice the speed of the norm kernel, which runs on one (benchmarks/monitor_overhead.py),
+and its pairwise-blocked sum is closer to the float64 value."""
+
+
+def _blas(t: torch.Tensor) -> bool:
+    return t.dtype in BLAS_DTYPES and t.numel() >= BLAS_MIN and t.device.type == "cpu" and (
+        t.is_contiguous() and t.layout == torch.strided and not t.is_conj())
+
+
 def norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """``||t||_2`` of each tensor as a 0-d tensor on its device, accumulated in ``wide(t.dtype)``,
-    one fused pass per dtype and no host sync. Check the values with ``exact_norms`` once
-    they are on the host: float32 cannot hold every norm."""
-    dtype = tensors[0].dtype
-    if all(t.dtype == dtype for t in tensors):  # the usual case: one fused pass
-        return list(torch._foreach_norm(tensors) if wide(dtype) == dtype
-                    else torch._foreach_norm(tensors, dtype=wide(dtype)))
+    one fused pass per dtype (large CPU tensors: one BLAS dot each, see ``BLAS_MIN``) and no host
+    sync. Check the values with ``exact_norms`` once they are on the host: float32 cannot hold
+    every norm."""
     out: list[torch.Tensor | None] = [None] * len(tensors)
-    by_dtype: dict[torch.dtype, list[int]] = {}
+    groups: dict[object, list[int]] = {}  # dtype, or "blas"
     for i, t in enumerate(tensors):
-        by_dtype.setdefault(t.dtype, []).append(i)
-    for dtype, index in by_dtype.items():
+        groups.setdefault("blas" if _blas(t) else t.dtype, []).append(i)
+    for key, index in groups.items():
         group = [tensors[i] for i in index]
-        result = torch._foreach_norm(group) if wide(dtype) == dtype else torch._foreach_norm(
-            group, dtype=wide(dtype))
+        if key == "blas":
+            result = [torch.dot(flat, flat).sqrt_() for flat in (t.view(-1) for t in group)]
+        elif wide(key) == key:
+            result = torch._foreach_norm(group)
+        else:
+            result = torch._foreach_norm(group, dtype=wide(key))
         for i, norm in zip(index, result):
             out[i] = norm
     return out

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gradflow_lessons._params import (
+    BLAS_MIN,
     exact_norm,
     module_of,
     norms,
@@ -75,6 +76,22 @@ def test_low_precision_norms_are_accumulated_in_float32(dtype):
     (norm,) = norms([t])
     assert norm.dtype == torch.float32 and norm.item() == pytest.approx(76_800, rel=1e-3)
     assert wide(dtype) == torch.float32 and wide(torch.float64) == torch.float64
+
+
+def test_norms_of_every_kind_of_tensor_keep_their_order_and_agree_with_float64():
+    torch.manual_seed(0)
+    big = torch.randn(256, 256)  # BLAS dot: contiguous, float32, >= BLAS_MIN entries
+    tensors = [big, torch.randn(7), big.t(), big[:, ::2], torch.randn(128, 128, dtype=torch.float64),
+               torch.randn(200, 100).half(), torch.full((BLAS_MIN,), math.nan),
+               torch.full((BLAS_MIN,), math.inf), torch.zeros(BLAS_MIN)]
+    got = [n.item() for n in norms(tensors)]
+    want = [torch.linalg.vector_norm(t.double()).item() for t in tensors]
+    for g, w, t in zip(got, want, tensors):
+        if math.isnan(w):
+            assert math.isnan(g)
+        else:
+            assert g == pytest.approx(w, rel=1e-3 if t.dtype == torch.float16 else 1e-5), t.shape
+    assert [n.dtype for n in norms(tensors)][:6] == [torch.float32] * 4 + [torch.float64, torch.float32]
 
 
 @pytest.mark.parametrize("scale", [1e-26, 1e25])
