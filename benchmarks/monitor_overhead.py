@@ -15,8 +15,12 @@ the median time per step and, per variant, the median over rounds of
 
 Variants:
 - bare: zero_grad, forward, backward, step.
+- bare again: the same, on its own copy of the model: what two identical variants differ by on
+  this machine (the noise the other ratios carry).
+- floor: one fused norm pass: ``torch.stack(torch._foreach_norm(grads)).tolist()``, the least
+  any per-parameter norm logger does (one read of every gradient, one host sync).
 - monitor, defaults: ``GradientMonitor(model)``: norms and non-finite counts every record,
-  mean/max |g|, zero fraction and activation statistics every 10th. Goal: <= 1.05x.
+  mean/max |g|, zero fraction and activation statistics every 50th. Goal: <= 1.05x.
 - monitor, defaults + optimizer: also the update-to-data ratio, every step.
 - monitor, norms every step: ``GradientMonitor(activations=False, detail_every=0)``,
   record() every step: per-layer L2 norm and non-finite count.
@@ -54,6 +58,10 @@ from gradflow_lessons.models import MLP
 from gradflow_lessons.monitor import GradientMonitor
 
 
+def floor(model: torch.nn.Module) -> list[float]:
+    return torch.stack(torch._foreach_norm([p.grad for p in model.parameters()])).tolist()
+
+
 def naive_norms(model: torch.nn.Module) -> list[tuple[float, int]]:
     return [(p.grad.norm().item(), int((~torch.isfinite(p.grad)).sum().item()))
             for p in model.parameters()]
@@ -89,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=10,
-                        help="steps per variant per round (10: one detail record of the defaults in each)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="steps per variant per round (50: one detail record of the defaults in each)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--baseline", help="a checkout of an older version: its monitor runs beside")
@@ -117,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "monitor, everything every step": {"optimizer": True, **every_step},
         "monitor, + histograms every step": {"optimizer": True, "histogram_every": 1, **every_step},
     }
-    variants = {"bare training step": (None, None, None)}  # name -> (monitor class, options, logger)
+    variants = {"bare training step": (None, None, None),  # name -> (monitor class, options, logger)
+                "bare again (noise)": (None, None, None),
+                "floor: one fused norm pass + tolist": (None, None, floor)}
     for prefix, monitor_class in monitors.items():
         for name, options in monitored.items():
             variants[prefix + name] = (monitor_class, options, None)
@@ -166,15 +176,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"machine: {report.cpu_count}-core CPU, torch {report.torch}, {report.cpu_threads} threads, "
           f"device {device}; {args.rounds} interleaved rounds x {args.steps} steps per variant")
     width = max(map(len, names))
-    print(f"{'variant':{width}s} {'ms/step':>8s} {'x bare (wall)':>14s} {'x bare (CPU)':>13s}")
+    print(f"{'variant':{width}s} {'ms/step':>8s} {'x bare (wall)':>14s} {'x bare (CPU)':>13s} "
+          f"{'CPU, middle half of rounds':>27s}")
     ratios = {}
     bare = times[names[0]]
     for name in names:
         wall = statistics.median(t[0] / b[0] for t, b in zip(times[name], bare))
-        cpu = statistics.median(t[1] / b[1] for t, b in zip(times[name], bare))
+        cpu_ratios = [t[1] / b[1] for t, b in zip(times[name], bare)]
+        low, _, high = statistics.quantiles(cpu_ratios, n=4) if len(cpu_ratios) > 1 else cpu_ratios * 3
         ms = 1e3 * statistics.median(t[0] for t in times[name])
-        print(f"{name:{width}s} {ms:8.2f} {wall:14.3f} {cpu:13.3f}")
-        ratios[name] = wall if device.type == "cuda" else cpu
+        print(f"{name:{width}s} {ms:8.2f} {wall:14.3f} {statistics.median(cpu_ratios):13.3f} "
+              f"{f'{low:.3f} - {high:.3f}':>27s}")
+        ratios[name] = wall if device.type == "cuda" else statistics.median(cpu_ratios)
     return ratios
 
 

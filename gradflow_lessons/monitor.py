@@ -12,10 +12,10 @@ What is tracked (``monitor.history``, ``.activations``, ``.histograms``):
 
 - **Gradients**, from ``p.grad`` (no backward hook), per module that owns trainable
   parameters: the L2 norm ``sqrt(sum_p ||g_p||^2)`` over its own parameters and the count
-  of NaN/Inf entries (kept, never dropped), every record: one ``torch._foreach_norm``
-  pass and one host sync. Mean and max ``|g|`` and the fraction of exact zeros take one
+  of NaN/Inf entries (kept, never dropped), every record: one pass (``_params.norms``: a
+  fused norm, or a BLAS dot per large CPU tensor) and one host sync. Mean and max ``|g|`` and the fraction of exact zeros take one
   more pass (``|g|``) and three reductions of it: on the *detail* records, every
-  ``detail_every``-th (default 10; the first record is always one).
+  ``detail_every``-th (default 50; the first record is always one).
 - **Activations**, on the detail records, from forward hooks on every leaf module but
   ``nn.Identity`` (parameter-free ones included), pooled over the forwards run with grad
   enabled since the previous record: mean, std, the fraction of **dead** ReLU units (zero for the whole
@@ -191,8 +191,8 @@ class GradientMonitor:
             the update-to-data ratio are taken then. Norms and non-finite counts are
             taken on every record. A detail record costs several times what the norms
             do (README, "Overhead"): ``detail_every=1`` records everything every step, as
-            lesson 05 does on its short runs; the default 10 keeps a long run's cost near
-            a bare step.
+            lesson 05 does on its short runs; the default 50 (Lightning's logging interval)
+            keeps a long run's cost near that of the norms alone.
         bins: histogram bins.
         histogram_samples: histogram at most this many entries per layer and step.
         grad_range: ``(lo, hi)`` of the gradient histograms, in ``log10 |g|``.
@@ -221,7 +221,7 @@ class GradientMonitor:
         *,
         activations: bool = True,
         histogram_every: int = 0,
-        detail_every: int = 10,
+        detail_every: int = 50,
         bins: int = 40,
         histogram_samples: int = 16_384,
         grad_range: tuple[float, float] = (-10.0, 1.0),
@@ -252,6 +252,7 @@ class GradientMonitor:
         self.frozen_parameters = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         trainable = trainable_parameters(model)
         self._params: list[nn.Parameter] = list(trainable.values())
+        self._every = list(range(len(self._params)))  # `present` when every parameter has a gradient
         layer_of: dict[str, int] = {}
         self._owner = [layer_of.setdefault(name.rpartition(".")[0], len(layer_of)) for name in trainable]
         self.layers: list[str] = list(layer_of)
@@ -330,6 +331,7 @@ class GradientMonitor:
         self._act_stats: list[list[torch.Tensor]] = [[] for _ in range(n)]  # per call: sum, norm(, count)
         self._act_counts = [[0, 0, 0] for _ in range(n)]  # entries, units, calls
         self._act_hist: list[torch.Tensor | None] = [None] * n
+        self._pooled = False  # whether a forward hook kept anything since
 
     def _due(self, every: int) -> bool:
         return every > 0 and self._records_made % every == 0
@@ -344,6 +346,7 @@ class GradientMonitor:
         if is_functorch_wrapped_tensor(out):
             return  # inside torch.func.vmap/grad: the tensor must not escape the transform
         out = out.detach()
+        self._pooled = True
         flat = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(1, -1)  # [N, units]
         if histogram:
             hist = _histogram(self._sample(flat), self._act_edges[index])
@@ -444,17 +447,21 @@ class GradientMonitor:
             per_param = self._combine_shards(present, shards, per_param, detail)
         grad_hist = (self._gradient_histograms(present, shards, math.log10(factor))
                      if self._due(self.histogram_every) else [])
-        active = [i for i, stats in enumerate(self._act_stats) if stats]
-        act_hist = [(i, hist) for i, hist in enumerate(self._act_hist) if hist is not None]
+        pooled = self._pooled  # the forward hooks ran since the last record
+        active = [i for i, stats in enumerate(self._act_stats) if stats] if pooled else []
+        act_hist = [(i, hist) for i, hist in enumerate(self._act_hist) if hist is not None] if pooled else []
 
-        parts = [[per_param], [torch.stack(self._act_stats[i]) for i in active], [h for _, h in grad_hist],
-                 [h for _, h in act_hist], [t for _, t in self._unresolved]]
-        moved = iter(_to_cpu([t for part in parts for t in part]))  # the one host sync
-        per_param, act_sums, grad_counts, act_counts, updates = (
-            [next(moved) for _ in part] for part in parts)
-        self._resolve(updates)
+        if grad_hist or pooled or self._unresolved:
+            parts = [[per_param], [torch.stack(self._act_stats[i]) for i in active],
+                     [h for _, h in grad_hist], [h for _, h in act_hist], [t for _, t in self._unresolved]]
+            moved = iter(_to_cpu([t for part in parts for t in part]))  # the one host sync
+            (per_param,), act_sums, grad_counts, act_counts, updates = (
+                [next(moved) for _ in part] for part in parts)
+            self._resolve(updates)
+        else:  # the usual record: the norms alone
+            per_param, act_sums, grad_counts, act_counts = per_param.cpu(), [], [], []
 
-        records = self._gradient_records(step, present, grads, per_param[0], detail, factor)
+        records = self._gradient_records(step, present, grads, per_param, detail, factor)
         activations = [self._activation_record(step, i, sums) for i, sums in zip(active, act_sums)]
         histograms = [HistogramRecord(step, self.layers[layer], "gradient", self._grad_edges, counts)
                       for (layer, _), counts in zip(grad_hist, grad_counts)]
@@ -498,13 +505,16 @@ class GradientMonitor:
                 "record() needs the monitor's hooks: call it inside "
                 "`with GradientMonitor(model) as monitor:`"
             )
-        present = [i for i, p in enumerate(self._params) if p.grad is not None]
-        if not present:
-            raise RuntimeError(
-                "record() found no gradients on the model's trainable parameters; call "
-                "loss.backward() before monitor.record()"
-            )
-        grads = [self._params[i].grad for i in present]
+        grads = [p.grad for p in self._params]
+        present = self._every
+        if any(g is None for g in grads):
+            present = [i for i, g in enumerate(grads) if g is not None]
+            if not present:
+                raise RuntimeError(
+                    "record() found no gradients on the model's trainable parameters; call "
+                    "loss.backward() before monitor.record()"
+                )
+            grads = [grads[i] for i in present]
         seen = [(weakref.ref(g), g._version) for g in grads]  # the same tensors, unchanged: no backward
         last = self._last_seen
         if len(seen) == len(last) and all(a() is b() and va == vb for (a, va), (b, vb) in zip(seen, last)):
@@ -514,7 +524,9 @@ class GradientMonitor:
                 "record() once per loss.backward(), before optimizer.step()"
             )
         self._last_seen = seen
-        return present, [g.to_dense() if g.is_sparse else g for g in grads]
+        if any(g.is_sparse for g in grads):
+            grads = [g.to_dense() if g.is_sparse else g for g in grads]
+        return present, grads
 
     def _reduce_gradients(self, grads: list[torch.Tensor], detail: bool) -> torch.Tensor:
         """Per parameter, on the device, no sync: the L2 norm, and on detail steps the L1
@@ -523,9 +535,11 @@ class GradientMonitor:
         if detail:
             fine = [self._fine_statistics(g) for g in grads]
             per_param += [f[k] for k in range(3) for f in fine]
-        if len({g.device for g in grads}) > 1:  # a model split over devices: gather first
-            per_param = [t.cpu() for t in per_param]
-        return torch.stack(per_param).view(-1, len(grads))
+        try:
+            stacked = torch.stack(per_param)
+        except RuntimeError:  # a model split over devices: gather first
+            stacked = torch.stack([t.cpu() for t in per_param])
+        return stacked.view(-1, len(grads))
 
     def _fine_statistics(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``sum |g|`` (in ``wide(dtype)``), ``max |g|`` and the count of non-zero entries of
@@ -639,7 +653,8 @@ class GradientMonitor:
         self._last_step = step.gradients[0].step
         self._records_made += 1
         self._awaiting = step.gradients if self.optimizer is not None and detail else None
-        self._reset_activations()
+        if self._pooled:
+            self._reset_activations()
         self._attach_forward_hooks()
         if not self._keeps:
             return

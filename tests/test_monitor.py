@@ -367,21 +367,21 @@ def test_histograms_of_large_layers_use_a_fixed_sample():
     assert all(0 < h.counts.sum().item() <= 8 for h in monitor.histograms)  # layers have >= 10 entries
 
 
-def test_by_default_every_tenth_record_is_a_detail_record_with_activations_pooled_since_the_last():
+def test_by_default_every_fiftieth_record_is_a_detail_record_with_activations_pooled_since_the_last():
     model = tiny_model()
-    with GradientMonitor(model, histogram_every=4) as monitor:
-        for step in range(21):
+    with GradientMonitor(model, histogram_every=20) as monitor:
+        for step in range(101):
             inputs = backward(model)
             monitor.record()
-            if step == 20:  # the forward of step 20 is what the detail record of step 20 pools
+            if step == 100:  # the forward of step 100 is what the detail record of step 100 pools
                 with torch.no_grad():
                     expected = model.hidden[0].linear(inputs)
-    assert monitor.detail_every == 10
+    assert monitor.detail_every == 50
     detail = sorted({r.step for r in monitor.history if r.grad_max_abs is not None})
-    assert detail == [0, 10, 20] and {a.step for a in monitor.activations} == {0, 10, 20}
-    assert len(monitor.history) == 21 * 3  # norms on every record
-    assert {h.step for h in monitor.histograms if h.kind == "activation"} == {0, 4, 8, 12, 16, 20}
-    first = next(a for a in monitor.activations if a.step == 20 and a.layer == "hidden.0.linear")
+    assert detail == [0, 50, 100] and {a.step for a in monitor.activations} == {0, 50, 100}
+    assert len(monitor.history) == 101 * 3  # norms on every record
+    assert {h.step for h in monitor.histograms if h.kind == "activation"} == {0, 20, 40, 60, 80, 100}
+    first = next(a for a in monitor.activations if a.step == 100 and a.layer == "hidden.0.linear")
     assert first.calls == 1 and first.mean == pytest.approx(expected.mean().item(), rel=1e-12)
 
 
