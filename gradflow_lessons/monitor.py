@@ -13,9 +13,10 @@ What is tracked (``monitor.history``, ``.activations``, ``.histograms``):
 - **Gradients**, from ``p.grad`` (no backward hook), per module that owns trainable
   parameters: the L2 norm ``sqrt(sum_p ||g_p||^2)`` over its own parameters and the count
   of NaN/Inf entries (kept, never dropped), every record: one pass (``_params.norms``: a
-  fused norm, or a BLAS dot per large CPU tensor) and one host sync. Mean and max ``|g|`` and the fraction of exact zeros take one
-  more pass (``|g|``) and three reductions of it: on the *detail* records, every
-  ``detail_every``-th (default 50; the first record is always one).
+  fused norm, or a BLAS dot per large CPU tensor) and one host sync. Mean and max ``|g|``
+  and the fraction of exact zeros take one more pass (``|g|``) and three reductions of it:
+  on the *detail* records, every ``detail_every``-th (default 50; the first record is
+  always one).
 - **Activations**, on the detail records, from forward hooks on every leaf module but
   ``nn.Identity`` (parameter-free ones included), pooled over the forwards run with grad
   enabled since the previous record: mean, std, the fraction of **dead** ReLU units (zero for the whole
