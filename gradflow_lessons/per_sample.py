@@ -319,7 +319,10 @@ class _SampleNormHooks:
     """Forward hooks on the chosen layers; use with ``with``. Each layer's per-sample terms are
     computed in a hook on its output's gradient, as soon as backward reaches the layer, and its
     input is dropped there. Autograd computes the batch gradient only of the Gram layers: the
-    explicit ones sum their per-sample gradients instead."""
+    explicit ones sum their per-sample gradients instead. A Linear on [N, K] (the product kind)
+    needs only ``|a_i|`` and ``|d_i|``: its output's gradient edge joins the backward's inputs
+    (``deferred``), and ``finish`` takes its terms from the returned gradient, with no Python hook
+    inside backward (its input is kept anyway, saved by the layer for its weight gradient)."""
 
     def __init__(self, layers: dict[str, nn.Module], wide: bool) -> None:
         self.layers, self.wide, self.handles = layers, wide, []
@@ -327,6 +330,7 @@ class _SampleNormHooks:
         self.gram: dict[str, bool] = {}  # the layers that ran, and how each is contracted
         self.terms: dict[str, tuple] = {}  # from _layer_terms, in the output gradient's scale
         self.edges: list = []  # the explicit layers' outputs, which backward must reach
+        self.deferred: list[tuple[str, nn.Module, object]] = []  # product layers: name, layer, output edge
 
     def __enter__(self) -> _SampleNormHooks:
         for name, module in self.layers.items():
@@ -347,6 +351,9 @@ class _SampleNormHooks:
                 return
             a = args[0].detach()
             self.inputs[name] = (a, a._version)
+            if gram and a.dim() == 2:  # the product kind: its terms once backward has returned
+                self.deferred.append((name, module, get_gradient_edge(output)))  # before any in-place op
+                return
             if not gram:
                 self.edges.append(get_gradient_edge(output))
             output.register_hook(partial(self._backward, name, module))  # freed with the graph
@@ -354,11 +361,42 @@ class _SampleNormHooks:
         return hook
 
     def _backward(self, name: str, module: nn.Module, d: torch.Tensor) -> None:
-        a, version = self.inputs.pop(name)
-        if a._version != version:
-            raise ValueError(f"the input of layer {name} was modified in place after the layer ran; "
-                             "use method='vmap'")
+        if self.edited(name):
+            raise edited_input(name)
+        a, _ = self.inputs.pop(name)
         self.terms[name] = _layer_terms(module, a, d.detach(), self.gram[name], self.wide)
+
+    def edited(self, name: str) -> bool:
+        """Whether layer ``name``'s input was modified in place after the layer ran."""
+        a, version = self.inputs[name]
+        return a._version != version
+
+    def finish(self, gradients: Iterable[torch.Tensor | None]) -> None:
+        """The terms of the deferred (product) layers, from their outputs' gradients (None: unused):
+        ``|a_i|`` and ``|d_i|`` of all of them in one ``_norms`` call, as ``_layer_terms`` takes them."""
+        ready = [(name, d.detach()) for (name, _, _), d in zip(self.deferred, gradients) if d is not None]
+        for name, _ in ready:
+            if self.edited(name):
+                raise edited_input(name)
+        pairs = [t.to(torch.float64 if self.wide else torch.promote_types(t.dtype, torch.float32))
+                 for name, d in ready for t in (self.inputs.pop(name)[0], d)]
+        if len({t.dtype for t in pairs}) > 1:  # layers of different dtypes: one call per layer
+            norms, lost = [], []
+            for k in range(0, len(pairs), 2):
+                two, flag = _norms(pairs[k:k + 2], self.wide)
+                norms += two
+                lost.append(flag)
+        elif pairs:
+            norms, flag = _norms(pairs, self.wide)
+            lost = [flag] * len(ready)
+        for k, (name, _) in enumerate(ready):
+            self.terms[name] = ("product", norms[2 * k:2 * k + 2], lost[k], None)
+
+
+def edited_input(name: str) -> ValueError:
+    """The error for a layer whose input was modified in place after it ran."""
+    return ValueError(f"the input of layer {name} was modified in place after the layer ran; "
+                      "use method='vmap'")
 
 
 class NotHookable(ValueError):
@@ -437,15 +475,27 @@ def hook_statistics(
         per_sample_scale = n if _is_mean(loss_fn, outputs, targets, loss) else 1
         del outputs
         gram = [k for k in chosen if hooks.gram.get(module_of(k))]  # layers whose sum autograd takes
-        wanted = [chosen[k] for k in gram] + hooks.edges
-        grads = torch.autograd.grad(loss, wanted, allow_unused=True)[: len(gram)] if wanted else ()
+        wanted = [chosen[k] for k in gram] + hooks.edges + [edge for *_, edge in hooks.deferred]
+        try:
+            grads = torch.autograd.grad(loss, wanted, allow_unused=True) if wanted else ()
+        except RuntimeError as error:  # autograd's own check of saved tensors: say which layer and what to do
+            edited = [name for name, *_ in hooks.deferred if hooks.edited(name)]
+            if edited:
+                raise edited_input(edited[0]) from error
+            raise
+        hooks.finish(grads[len(gram) + len(hooks.edges):])
+        grads = grads[: len(gram)]
     work = torch.float64 if wide else torch.promote_types(next(iter(chosen.values())).dtype, torch.float32)
     summed = [(module_of(k), g) for k, g in zip(gram, grads) if g is not None]
     batch = torch.stack(torch._foreach_norm([g for _, g in summed], dtype=work)) if summed else None
     lost = [t for _, _, t, _ in hooks.terms.values() if not isinstance(t, bool) or t]
     if batch is not None and work != torch.float64:  # 0 is taken as exact: underflow shows per sample
-        lost.append(((batch > 0) & (batch < TINY) | (batch > HUGE)).any())
-    if lost and bool(torch.stack([torch.as_tensor(t, device=inputs.device) for t in lost]).any()):
+        if _syncs_for_free(batch.device):
+            lost.append(any(0 < v < TINY or v > HUGE for v in batch.tolist()))
+        else:
+            lost.append(((batch > 0) & (batch < TINY) | (batch > HUGE)).any())
+    flags = [t for t in lost if isinstance(t, torch.Tensor)]  # on the device: one sync for all
+    if any(t is True for t in lost) or (flags and bool(torch.stack(flags).any())):
         return hook_statistics(model, loss_fn, inputs, targets, allow_train_mode=allow_train_mode, wide=True)
     names = list(layers)
     where = {k: i for i, k in enumerate(names)}
