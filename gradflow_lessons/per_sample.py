@@ -28,6 +28,7 @@ gradient covariance and the noise scale on these.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -485,7 +486,8 @@ def hook_statistics(
             raise
         hooks.finish(grads[len(gram) + len(hooks.edges):])
         grads = grads[: len(gram)]
-    work = torch.float64 if wide else torch.promote_types(next(iter(chosen.values())).dtype, torch.float32)
+    work = torch.float64 if wide else functools.reduce(  # a model with float64 layers: float64
+        torch.promote_types, (p.dtype for p in chosen.values()), torch.float32)
     summed = [(module_of(k), g) for k, g in zip(gram, grads) if g is not None]
     batch = torch.stack(torch._foreach_norm([g for _, g in summed], dtype=work)) if summed else None
     lost = [t for _, _, t, _ in hooks.terms.values() if not isinstance(t, bool) or t]

@@ -214,6 +214,28 @@ def test_a_layer_run_under_no_grad_inside_the_model_has_zero_norms():
     torch.testing.assert_close(fast["trained"], slow["trained"])
 
 
+class SideBranch(nn.Module):
+    """A Linear whose output the loss never sees, beside two that it does, one of them in float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.ignored = nn.Linear(3, 4), nn.Linear(3, 5)
+        self.head = nn.Linear(4, 2).double()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.ignored(inputs)
+        return self.head(torch.tanh(self.used(inputs)).double()).float()
+
+
+def test_a_layer_whose_output_the_loss_ignores_has_zero_norms_and_mixed_dtypes_are_each_right():
+    model, x, y = SideBranch(), torch.randn(N, 3), torch.randint(0, 2, (N,))
+    fast = per_sample.per_sample_grad_sq_norms(model, nn.CrossEntropyLoss(), x, y)
+    assert torch.equal(fast["ignored"], torch.zeros(N, dtype=torch.float64))
+    slow = looped_layer_sq_norms(model, nn.CrossEntropyLoss(), x, y)
+    for layer in ("used", "head"):
+        torch.testing.assert_close(fast[layer], slow[layer].double(), rtol=1e-5, atol=0)
+
+
 class TiedLayers(nn.Module):
     def __init__(self) -> None:
         super().__init__()
