@@ -42,10 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib
-import importlib.util
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -56,6 +53,7 @@ import torch.nn.functional as F
 from gradflow_lessons.env import environment_report, seed_everything
 from gradflow_lessons.models import MLP
 from gradflow_lessons.monitor import GradientMonitor
+from gradflow_lessons.tooling.baseline import baseline_module
 
 
 def floor(model: torch.nn.Module) -> list[float]:
@@ -69,21 +67,6 @@ def naive_norms(model: torch.nn.Module) -> list[tuple[float, int]]:
 
 def naive_histograms(model: torch.nn.Module) -> list[np.ndarray]:
     return [np.histogram(p.grad.detach().cpu().numpy(), bins=40)[0] for p in model.parameters()]
-
-
-def baseline_monitor(checkout: str) -> type:
-    """``GradientMonitor`` of the ``gradflow_lessons`` package in ``checkout``, imported as
-    ``gradflow_baseline`` so that it lives beside this one."""
-    package = Path(checkout) / "gradflow_lessons"
-    spec = importlib.util.spec_from_file_location(
-        "gradflow_baseline", package / "__init__.py", submodule_search_locations=[str(package)])
-    if spec is None or not (package / "monitor.py").exists():
-        raise SystemExit(f"--baseline {checkout}: no gradflow_lessons/monitor.py there; make one with "
-                         "`git worktree add --detach DIR REVISION`")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gradflow_baseline"] = module
-    spec.loader.exec_module(module)
-    return importlib.import_module("gradflow_baseline.monitor").GradientMonitor
 
 
 def synchronize(device: torch.device) -> None:
@@ -115,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     monitors = {"": GradientMonitor}
     if args.baseline:
-        monitors[f"baseline {Path(args.baseline).name}: "] = baseline_monitor(args.baseline)
+        baseline = baseline_module(args.baseline, "monitor").GradientMonitor
+        monitors[f"baseline {Path(args.baseline).name}: "] = baseline
     every_step = {"detail_every": 1}
     monitored = {  # name -> monitor options
         "monitor, defaults": {},

@@ -13,11 +13,13 @@
    noise scale through hooks, ``method="auto"`` and vmap, torch.func vmap per-sample gradients,
    a Python loop of one backward per sample, and BackPACK's ``BatchL2Grad`` when BackPACK is
    importable (``backpack-for-pytorch``; not a dependency). Each method is timed in pairs with
-   a forward+backward right before it: the table gives the best time of each over the pairs
-   and their ratio (timeit's rule: load on the machine only ever adds time), and the median
-   over the pairs of (method / forward+backward) with its quartiles. Time is the process's CPU
-   time (``--clock wall`` for wall time), so other jobs on a shared machine count only through
-   the contention they cause (caches, memory bandwidth).
+   a forward+backward right before it, the methods interleaved round by round (who goes first
+   rotates), so that load drifting on the machine hits them alike: the table gives the best time
+   of each over the pairs and their ratio (timeit's rule: load on the machine only ever adds
+   time), and the median over the pairs of (method / forward+backward) with its quartiles. Time
+   is the process's CPU time (``--clock wall`` for wall time), so other jobs on a shared machine
+   count only through the contention they cause (caches, memory bandwidth). ``--baseline DIR``
+   adds the hook path of another checkout (its ``gradflow_lessons``), in the same rounds.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import nn
 
 from gradflow_lessons import noise, per_sample
 from gradflow_lessons.models import MLP
+from gradflow_lessons.tooling.baseline import baseline_module
 
 torch.manual_seed(0)
 GEN = torch.Generator().manual_seed(0)
@@ -221,8 +224,10 @@ def cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: ar
         return run
 
     problem = (model, loss_fn, x, y)
+    older = baseline_module(args.baseline, "per_sample") if args.baseline else None
     methods = {
         "hooks: per_sample_grad_sq_norms (the rule)": lambda: noise.per_sample_grad_sq_norms(*problem),
+        f"hooks, baseline {args.baseline}": older and (lambda: older.per_sample_grad_sq_norms(*problem)),
         "hooks, every layer explicit": hooks_forced(False),
         "hooks, every layer Gram": hooks_forced(True) if gram_memory(model, x) < 2**28 else None,
         'gradient_noise_scale(method="hooks")': lambda: noise.gradient_noise_scale(*problem, "hooks"),
@@ -241,26 +246,33 @@ def cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: ar
     print(f"  (gradient_noise_scale's auto picks {auto!r}; {args.rounds} pairs per method, "
           f"{max(3, args.rounds // 4)} for the slow ones)")
     print(f"  {'method':46s} {'best ms':>9s} {'best x':>7s} {'median x':>9s} (quartiles)")
-    base: list[float] = []
-    for label, fn in methods.items():
-        if fn is None:
-            why = ("(BackPACK not installed)" if label.startswith("BackPACK")
-                   else "(skipped: the largest layer's Gram matrices need > 256 MB)")
-            print(f"  {label:46s} {why}")
-            continue
-        fn(), forward_backward()  # warm-up
-        pairs = []
-        for _ in range(max(3, args.rounds // 4) if label in slow else args.rounds):
+    skipped = {label: ("(BackPACK not installed)" if label.startswith("BackPACK")
+                       else "(skipped: the largest layer's Gram matrices need > 256 MB)")
+               for label, fn in methods.items() if fn is None and "baseline" not in label}
+    timed = {label: fn for label, fn in methods.items() if fn is not None}
+    for fn in timed.values():  # warm-up
+        fn(), forward_backward()
+    pairs: dict[str, list[tuple[float, float]]] = {label: [] for label in timed}
+    labels = list(timed)
+    for round_ in range(args.rounds):
+        for label in labels[round_ % len(labels):] + labels[: round_ % len(labels)]:
+            if label in slow and round_ >= max(3, args.rounds // 4):
+                continue
             start = clock()
             forward_backward()
             middle = clock()
-            fn()
-            pairs.append((middle - start, clock() - middle))
-        base += [a for a, _ in pairs]
-        ratios = [b / a for a, b in pairs]
+            timed[label]()
+            pairs[label].append((middle - start, clock() - middle))
+    base = [a for label in timed for a, _ in pairs[label]]
+    for label in methods:
+        if label in skipped:
+            print(f"  {label:46s} {skipped[label]}")
+        if label not in timed:
+            continue
+        ratios = [b / a for a, b in pairs[label]]
         q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-        best = min(b for _, b in pairs)
-        print(f"  {label:46s} {1e3 * best:9.2f} {best / min(a for a, _ in pairs):6.2f}x "
+        best = min(b for _, b in pairs[label])
+        print(f"  {label:46s} {1e3 * best:9.2f} {best / min(a for a, _ in pairs[label]):6.2f}x "
               f"{statistics.median(ratios):8.2f}x ({q1:.2f}-{q3:.2f})")
     print(f"  {'forward+backward':46s} {1e3 * min(base):9.2f} {1:6.2f}x\n")
 
@@ -271,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=20, help="timed pairs per method")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--skip-accuracy", action="store_true", help="only part 2, the cost")
+    parser.add_argument("--baseline", help="a checkout of an older version: its hook path runs beside")
     args = parser.parse_args(argv)
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)

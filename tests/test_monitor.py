@@ -446,6 +446,18 @@ def test_overhead_benchmark_runs_on_a_tiny_model(capsys):
     assert "naive per-parameter .item() loop" in capsys.readouterr().out
 
 
+def test_a_baseline_checkout_loads_beside_this_one_and_a_wrong_folder_says_how_to_make_one(tmp_path):
+    from pathlib import Path
+
+    from gradflow_lessons.tooling.baseline import baseline_module
+
+    with pytest.raises(SystemExit, match="git worktree add"):
+        baseline_module(str(tmp_path), "monitor")
+    here = Path(__file__).resolve().parent.parent
+    older = baseline_module(str(here), "monitor")
+    assert older.__name__ == "gradflow_baseline.monitor" and older.GradientMonitor is not GradientMonitor
+
+
 # ------------------------------------------------------------ issue 16: one record per backward
 
 
