@@ -14,7 +14,8 @@
    a Python loop of one backward per sample, and BackPACK's ``BatchL2Grad`` when BackPACK is
    importable (``backpack-for-pytorch``; not a dependency). Each method is timed in pairs with
    a forward+backward right before it, the methods interleaved round by round (who goes first
-   rotates), so that load drifting on the machine hits them alike: the table gives the best time
+   rotates), so that load drifting on the machine hits them alike, the slow ones (> 4x a
+   forward+backward) in rounds of their own afterwards: the table gives the best time
    of each over the pairs and their ratio (timeit's rule: load on the machine only ever adds
    time), and the median over the pairs of (method / forward+backward) with its quartiles. Time
    is the process's CPU time (``--clock wall`` for wall time), so other jobs on a shared machine
@@ -237,32 +238,37 @@ def cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: ar
         "Python loop: one backward per sample": loop,
         "BackPACK BatchL2Grad (reference)": backpack_norms(*problem),
     }
-    slow = {"Python loop: one backward per sample", 'gradient_noise_scale(method="vmap")'}
     auto = noise.gradient_noise_scale(model, loss_fn, x, y).method
     n_params = sum(p.numel() for p in params)
     print(f"{name}: batch {len(x)}, {x.dtype}, {n_params:,} parameters; how per_sample_grad_sq_norms "
           "contracts each layer:")
     print("\n".join(contraction_table(model, x)))
     print(f"  (gradient_noise_scale's auto picks {auto!r}; {args.rounds} pairs per method, "
-          f"{max(3, args.rounds // 4)} for the slow ones)")
+          f"{max(3, args.rounds // 4)} for the slow ones, > 4x a forward+backward, timed after the others)")
     print(f"  {'method':46s} {'best ms':>9s} {'best x':>7s} {'median x':>9s} (quartiles)")
     skipped = {label: ("(BackPACK not installed)" if label.startswith("BackPACK")
                        else "(skipped: the largest layer's Gram matrices need > 256 MB)")
                for label, fn in methods.items() if fn is None and "baseline" not in label}
     timed = {label: fn for label, fn in methods.items() if fn is not None}
-    for fn in timed.values():  # warm-up
-        fn(), forward_backward()
+    slow = set()
+    for label, fn in timed.items():  # warm-up; a slow method would disturb the fast ones' rounds
+        forward_backward()
+        start = clock()
+        forward_backward()
+        middle = clock()
+        fn()
+        if clock() - middle > 4 * (middle - start):
+            slow.add(label)
     pairs: dict[str, list[tuple[float, float]]] = {label: [] for label in timed}
-    labels = list(timed)
-    for round_ in range(args.rounds):
-        for label in labels[round_ % len(labels):] + labels[: round_ % len(labels)]:
-            if label in slow and round_ >= max(3, args.rounds // 4):
-                continue
-            start = clock()
-            forward_backward()
-            middle = clock()
-            timed[label]()
-            pairs[label].append((middle - start, clock() - middle))
+    for labels, rounds in (([k for k in timed if k not in slow], args.rounds),
+                           ([k for k in timed if k in slow], max(3, args.rounds // 4))):
+        for round_ in range(rounds if labels else 0):
+            for label in labels[round_ % len(labels):] + labels[: round_ % len(labels)]:
+                start = clock()
+                forward_backward()
+                middle = clock()
+                timed[label]()
+                pairs[label].append((middle - start, clock() - middle))
     base = [a for label in timed for a, _ in pairs[label]]
     for label in methods:
         if label in skipped:
