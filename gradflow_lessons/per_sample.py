@@ -381,17 +381,11 @@ class _SampleNormHooks:
                 raise edited_input(name)
         pairs = [t.to(torch.float64 if self.wide else torch.promote_types(t.dtype, torch.float32))
                  for name, d in ready for t in (self.inputs.pop(name)[0], d)]
-        if len({t.dtype for t in pairs}) > 1:  # layers of different dtypes: one call per layer
-            norms, lost = [], []
-            for k in range(0, len(pairs), 2):
-                two, flag = _norms(pairs[k:k + 2], self.wide)
-                norms += two
-                lost.append(flag)
-        elif pairs:
-            norms, flag = _norms(pairs, self.wide)
-            lost = [flag] * len(ready)
+        if len({t.dtype for t in pairs}) > 1:  # layers of different dtypes: all in float64 (exact)
+            pairs = [t.double() for t in pairs]
+        norms, lost = _norms(pairs, self.wide) if pairs else ([], False)
         for k, (name, _) in enumerate(ready):
-            self.terms[name] = ("product", norms[2 * k:2 * k + 2], lost[k], None)
+            self.terms[name] = ("product", norms[2 * k:2 * k + 2], lost, None)
 
 
 def edited_input(name: str) -> ValueError:
