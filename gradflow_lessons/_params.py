@@ -85,9 +85,9 @@ def wide(dtype: torch.dtype) -> torch.dtype:
 BLAS_DTYPES = (torch.float32, torch.float64)
 BLAS_MIN = 1 << 14
 """A contiguous CPU tensor of a ``BLAS_DTYPES`` dtype with at least ``BLAS_MIN`` entries has its
-sum of squares taken by BLAS (``torch.dot(g, g)``): it runs on every torch thread and reads
-memory at about twice the speed of the norm kernel, which runs on one (benchmarks/monitor_overhead.py),
-and its pairwise-blocked sum is closer to the float64 value."""
+sum of squares taken by BLAS (``torch.dot(g, g)``), which runs on every torch thread where the norm
+kernel runs on one: with 2 threads the monitor's norms cost less than one ``torch._foreach_norm``
+pass (benchmarks/monitor_overhead.py, the "floor" row)."""
 
 
 def _blas(t: torch.Tensor) -> bool:
