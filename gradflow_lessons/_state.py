@@ -17,6 +17,7 @@ change buffers in training mode (Dropout, BatchNorm, ...).
 from __future__ import annotations
 
 import contextvars
+import ctypes
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,16 +35,23 @@ def inspection_depth() -> int:
 
 
 class _Snapshot:
-    """The model's ``.grad`` references, buffer values and train/eval flags, and the RNGs."""
+    """The model's ``.grad`` references, buffer values and train/eval flags, and the RNGs.
+
+    Taken on every tool call, often between two training steps, so it walks the model once
+    and puts numpy's state back only if a draw changed it (``_numpy_raw``): read or written,
+    that state costs more than the rest of the snapshot together."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.grads = [(p, p.grad) for p in model.parameters()]
-        self.buffers = [(m, name, b, b.detach().clone()) for m in model.modules()
+        modules = list(model.modules())
+        self.flags = [(m, m.training) for m in modules]
+        self.grads = list({id(p): (p, p.grad) for m in modules  # a shared parameter once
+                           for p in m._parameters.values() if p is not None}.values())
+        self.buffers = [(m, name, b, b.detach().clone()) for m in modules
                         for name, b in m._buffers.items() if b is not None]
-        self.flags = [(m, m.training) for m in model.modules()]
         self.torch_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.numpy_rng = np.random.get_state()
+        self.numpy_rng = np.random.get_state(legacy=False)  # any bit generator, no warning
+        self.numpy_raw = _numpy_raw()
         self.python_rng = random.getstate()
 
     def restore(self) -> None:
@@ -59,8 +67,35 @@ class _Snapshot:
         torch.set_rng_state(self.torch_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
-        np.random.set_state(self.numpy_rng)
+        # a cached Gaussian can be used up without touching the raw state
+        if self.numpy_raw is None or self.numpy_rng["has_gauss"] or _numpy_raw() != self.numpy_raw:
+            np.random.set_state(self.numpy_rng)
         random.setstate(self.python_rng)
+
+
+def _numpy_raw() -> bytes | None:
+    """The bytes of numpy's global MT19937 state (624 key words and the position), read in
+    place: any draw changes them. None where this numpy lays its state out otherwise."""
+    generator = np.random.get_bit_generator() if _NUMPY_RAW_SIZE else None
+    if type(generator) is not np.random.MT19937:  # also np.random.set_bit_generator(PCG64())
+        return None
+    return ctypes.string_at(generator.ctypes.state_address, _NUMPY_RAW_SIZE)
+
+
+def _numpy_raw_size() -> int | None:
+    """2,500 if the global generator's raw state is laid out as ``_numpy_raw`` reads it (checked
+    against numpy's own ``state`` once, at import), else None."""
+    try:
+        generator = np.random.get_bit_generator()
+        state = generator.state["state"]
+        expected = np.asarray(state["key"], "<u4").tobytes() + np.int32(state["pos"]).astype("<i4").tobytes()
+        raw = ctypes.string_at(generator.ctypes.state_address, len(expected))
+    except (AttributeError, KeyError, TypeError, ValueError):  # another numpy or bit generator
+        return None
+    return len(expected) if raw == expected and type(generator) is np.random.MT19937 else None
+
+
+_NUMPY_RAW_SIZE = _numpy_raw_size()
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -88,3 +89,37 @@ def test_batch_size_refuses_an_empty_batch():
 def test_checked_loss_names_what_the_loss_function_did_wrong(loss, message):
     with pytest.raises(ValueError, match=message):
         checked_loss(loss, "tool")
+
+
+@pytest.mark.parametrize("draw", [
+    lambda: None,
+    lambda: np.random.rand(),
+    lambda: np.random.randn(),  # one of a pair: the other is cached (has_gauss), the raw state moved
+    lambda: np.random.seed(0),
+])
+@pytest.mark.parametrize("cached_gaussian", [False, True])
+def test_inspecting_restores_numpy_after_any_draw_also_from_its_cached_gaussian(draw, cached_gaussian):
+    np.random.seed(1)
+    if cached_gaussian:
+        np.random.randn()  # the second of the pair waits in the cache, beside the raw state
+    before = np.random.get_state()
+    with inspecting(nn.Linear(2, 2)):
+        draw()
+        if cached_gaussian:
+            np.random.randn()  # served from the cache: the raw state does not move
+    after = np.random.get_state()
+    assert (after[1] == before[1]).all() and after[2:] == before[2:]
+
+
+def test_inspecting_restores_numpy_on_another_global_bit_generator():
+    old = np.random.get_bit_generator()
+    try:
+        np.random.set_bit_generator(np.random.PCG64(3))
+        before = np.random.get_state(legacy=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's legacy get_state warns for PCG64
+            with inspecting(nn.Linear(2, 2)):
+                np.random.rand(5)
+        assert np.random.get_state(legacy=False) == before
+    finally:
+        np.random.set_bit_generator(old)
