@@ -269,12 +269,11 @@ def _conv_sample_grads(module: nn.Module, a: torch.Tensor, d: torch.Tensor) -> l
 
 def _layer_terms(module: nn.Module, a: torch.Tensor, d: torch.Tensor, gram: bool,
                  wide: bool) -> tuple[str, list[torch.Tensor], bool | torch.Tensor, torch.Tensor | None]:
-    """What one layer's ``|g_i|^2``, ``g_i = sum_l d_il a_il^T``, is made of: a kind, the norms and
+    """What one layer's ``|g_i|^2``, ``g_i = sum_l d_il a_il^T``, is made of (a Linear on [N, K], the
+    product kind, is taken by ``_SampleNormHooks.finish``): a kind, the norms and
     the flag of ``_norms`` (squared and redone in float64 by the caller if a flag is set) and, for
     Gram, the contraction [N] in float64:
 
-    - ``"product"`` (Linear on [N, K]): ``|a_i|, |d_i|``; ``|g_i|^2 = |d_i|^2 (|a_i|^2 + 1)``,
-      the 1 for the bias (Goodfellow 2015);
     - ``"gram"``: ``|A_i|, |D_i|`` (checked only), ``|b_i|`` with a bias;
       ``|g_i|^2 = <A_i^T A_i, D_i^T D_i> + |b_i|^2`` (Rochette et al. 2019);
     - ``"explicit"``: the norms of each part of the per-sample gradients (weight, bias) and of
@@ -286,8 +285,6 @@ def _layer_terms(module: nn.Module, a: torch.Tensor, d: torch.Tensor, gram: bool
     work = torch.float64 if wide else torch.promote_types(a.dtype, torch.float32)
     n, bias = a.shape[0], module.bias is not None
     a, d = a.to(work), d.to(work)
-    if gram and a.dim() == 2:
-        return "product", *_norms((a, d), wide), None
     if gram:
         b = [d.reshape(n, -1, d.shape[-1]).sum(1) if isinstance(module, nn.Linear) else d.flatten(2).sum(2)
              ] if bias else []  # the bias gradient of sample i: b_i = sum_l d_il [N, O]
@@ -307,9 +304,6 @@ def _combine(kind: str, squares: torch.Tensor, gram: torch.Tensor | None, n: int
              bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A layer's ``|g_i|^2`` [N] and, for the explicit kind, ``|sum_i g_i|^2`` (0-d) from its squared
     norms in ``_layer_terms``' order."""
-    if kind == "product":
-        aa, dd = squares[:n], squares[n:]
-        return dd.addcmul(aa, dd) if bias else aa * dd, None
     if kind == "gram":
         return gram + squares[2 * n:] if bias else gram, None
     parts = len(squares) // (n + 1)  # [N] per part of the gradient, then [1] per part of its sum
@@ -332,6 +326,8 @@ class _SampleNormHooks:
         self.terms: dict[str, tuple] = {}  # from _layer_terms, in the output gradient's scale
         self.edges: list = []  # the explicit layers' outputs, which backward must reach
         self.deferred: list[tuple[str, nn.Module, object]] = []  # product layers: name, layer, output edge
+        self.products: list[tuple[str, bool]] = []  # and after finish, their terms (see there)
+        self.product_norms, self.product_lost = None, False
 
     def __enter__(self) -> _SampleNormHooks:
         for name, module in self.layers.items():
@@ -374,18 +370,22 @@ class _SampleNormHooks:
 
     def finish(self, gradients: Iterable[torch.Tensor | None]) -> None:
         """The terms of the deferred (product) layers, from their outputs' gradients (None: unused):
-        ``|a_i|`` and ``|d_i|`` of all of them in one ``_norms`` call, as ``_layer_terms`` takes them."""
-        ready = [(name, d.detach()) for (name, _, _), d in zip(self.deferred, gradients) if d is not None]
-        for name, _ in ready:
+        ``|a_i|`` and ``|d_i|`` of all of them in one ``_norms`` call, stacked in ``product_norms``
+        [2 layers, N] (a layer's ``|a_i|`` row, then its ``|d_i|`` row), with ``products`` (name,
+        has a bias) and ``product_lost`` (``_norms``' flag)."""
+        ready = [(name, module, d.detach()) for (name, module, _), d in zip(self.deferred, gradients)
+                 if d is not None]
+        for name, _, _ in ready:
             if self.edited(name):
                 raise edited_input(name)
-        pairs = [t.to(torch.float64 if self.wide else torch.promote_types(t.dtype, torch.float32))
-                 for name, d in ready for t in (self.inputs.pop(name)[0], d)]
+        pairs = [t if t.dtype == want else t.to(want) for name, _, d in ready
+                 for t in (self.inputs.pop(name)[0], d)
+                 for want in (torch.float64 if self.wide else torch.promote_types(t.dtype, torch.float32),)]
         if len({t.dtype for t in pairs}) > 1:  # layers of different dtypes: all in float64 (exact)
             pairs = [t.double() for t in pairs]
-        norms, lost = _norms(pairs, self.wide) if pairs else ([], False)
-        for k, (name, _) in enumerate(ready):
-            self.terms[name] = ("product", norms[2 * k:2 * k + 2], lost, None)
+        norms, self.product_lost = _norms(pairs, self.wide) if pairs else ([], False)
+        self.products = [(name, module.bias is not None) for name, module, _ in ready]
+        self.product_norms = torch.stack(norms) if norms else None
 
 
 def edited_input(name: str) -> ValueError:
@@ -484,7 +484,8 @@ def hook_statistics(
         torch.promote_types, (p.dtype for p in chosen.values()), torch.float32)
     summed = [(module_of(k), g) for k, g in zip(gram, grads) if g is not None]
     batch = torch.stack(torch._foreach_norm([g for _, g in summed], dtype=work)) if summed else None
-    lost = [t for _, _, t, _ in hooks.terms.values() if not isinstance(t, bool) or t]
+    lost = [t for _, _, t, _ in hooks.terms.values()] + [hooks.product_lost]
+    lost = [t for t in lost if not isinstance(t, bool) or t]
     if batch is not None and work != torch.float64:  # 0 is taken as exact: underflow shows per sample
         if _syncs_for_free(batch.device):
             lost.append(any(0 < v < TINY or v > HUGE for v in batch.tolist()))
@@ -496,22 +497,46 @@ def hook_statistics(
     names = list(layers)
     where = {k: i for i, k in enumerate(names)}
     parts = [t for _, t, _, _ in hooks.terms.values()] + ([[batch]] if summed else [])
-    squares = torch.cat([t for part in parts for t in part] or [torch.zeros(0, device=inputs.device)]
-                        ).double().square().split([sum(len(t) for t in part) for part in parts])
-    zeros = torch.zeros(n, dtype=torch.float64, device=inputs.device)
-    rows, totals, owners = [zeros] * len(names), [], []
-    for (k, (kind, _, _, contraction)), square in zip(hooks.terms.items(), squares):
-        rows[where[k]], total = _combine(kind, square, contraction, n, layers[k].bias is not None)
-        if total is not None:
-            totals.append(total.reshape(1))
-            owners.append(where[k])
+    flat = [t for part in parts for t in part]
+    squares = (torch.cat(flat) if len(flat) > 1 else flat[0]).double().square().split(
+        [sum(len(t) for t in part) for part in parts]) if flat else ()
+    products = _product_rows(hooks.product_norms, [bias for _, bias in hooks.products])
+    totals, owners = [], []
+    if [name for name, _ in hooks.products] == names:  # an MLP: every layer a Linear on [N, K]
+        rows = products
+    else:
+        rows = [None] * len(names)
+        for (name, _), row in zip(hooks.products, products if products is not None else ()):
+            rows[where[name]] = row
+        for (k, (kind, _, _, contraction)), square in zip(hooks.terms.items(), squares):
+            rows[where[k]], total = _combine(kind, square, contraction, n, layers[k].bias is not None)
+            if total is not None:
+                totals.append(total.reshape(1))
+                owners.append(where[k])
+        zeros = torch.zeros(n, dtype=torch.float64, device=inputs.device)
+        rows = torch.stack([zeros if row is None else row for row in rows])
     if summed:
         totals.append(squares[-1])
         owners += [where[k] for k, _ in summed]
-    mean_sq = zeros.new_zeros(len(names))
+    mean_sq = rows.new_zeros(len(names))
     if totals:
-        mean_sq.index_add_(0, torch.tensor(owners, device=inputs.device), torch.cat(totals))
-    return names, torch.stack(rows) * per_sample_scale**2, mean_sq * (per_sample_scale / n) ** 2, n
+        mean_sq.index_add_(0, torch.tensor(owners, device=mean_sq.device),
+                           torch.cat(totals) if len(totals) > 1 else totals[0])
+    return names, rows * per_sample_scale**2, mean_sq * (per_sample_scale / n) ** 2, n
+
+
+def _product_rows(norms: torch.Tensor | None, biased: list[bool]) -> torch.Tensor | None:
+    """``|g_i|^2 = |d_i|^2 (|a_i|^2 + 1)`` [layers, N], float64, of the product layers (the 1 for the
+    bias; Goodfellow 2015) from their norms stacked as ``_SampleNormHooks.finish`` leaves them."""
+    if norms is None:
+        return None
+    squares = norms.double().square()
+    aa, dd = squares[0::2], squares[1::2]
+    if all(biased):
+        return dd.addcmul(aa, dd)
+    if not any(biased):
+        return aa * dd
+    return dd * (aa + aa.new_tensor(biased).unsqueeze(1))
 
 
 def _is_mean(loss_fn: LossFn, outputs: object, targets: object, loss: torch.Tensor) -> bool:
