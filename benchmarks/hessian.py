@@ -183,6 +183,7 @@ def pyhessian_product(model, loss_fn, x, y):
 COLUMNS = {  # name: what is timed, per product (the first is the baseline)
     "fwd+bwd": "loss(model(x), y).backward()",
     "gradflow": "HessianOperator.matvec: flat [P] in and out, graph of g kept (double backward)",
+    "its bwd": "matvec's backward alone: no flat vector out, no finiteness check",
     "matmat/8": "HessianOperator.matmat of 8 vectors (is_grads_batched), per product",
     "PyH-style": "PyHessianStyle.hvp above: lists of tensors, graph kept (double backward)",
     "PyH 0.1": "the installed pyhessian's hessian_vector_product, if installed",
@@ -202,6 +203,8 @@ def cost_ratios(label: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
     params = {n: p.detach() for n, p in model.named_parameters()}
     names = list(params)
     ops = [hessian.HessianOperator(model, loss, x, y) for _ in range(copies)]
+    bare = [hessian.HessianOperator(model, loss, x, y) for _ in range(copies)]  # its own graphs: running
+    # it on matvec's would warm them for matvec
     op = ops[0]
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     v = v.to(x.device, x.dtype)
@@ -223,6 +226,8 @@ def cost_ratios(label: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
     block = torch.randn(8, op.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     block = block.to(x.device, x.dtype)
     tasks = {"fwd+bwd": [forward_backward], "gradflow": [lambda op=op: op.matvec(v) for op in ops],
+             "its bwd": [lambda op=op: torch.autograd.grad(op._flat_gradient, op._params, v, retain_graph=True)
+                         for op in bare],  # private attributes: the one place matvec is taken apart
              "matmat/8": [lambda op=op: op.matmat(block) for op in ops],
              "PyH-style": [lambda r=r: r.hvp(tangents) for r in references],
              "PyH 0.1": [lambda p=p: p(tangents) for p in installed if p is not None],
@@ -264,6 +269,10 @@ def cost_ratios(label: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
     label = f"{label}, {op.dim:,} params, N={len(x)}, {str(x.dtype)[6:]}"
     cells = " ".join(f"{f'{ratio[name]:.2f}x' if name in ratio else '-':>9s}" for name in list(COLUMNS)[1:])
     print(f"{label:50s} {1e3 * statistics.median(base):10.2f} {cells}")
+    reference = "PyH 0.1" if "PyH 0.1" in times else "PyH-style"
+    paired = [a / b for a, b in zip(times["gradflow"], times[reference])]  # the same round: the same load
+    q1, middle, q3 = statistics.quantiles(paired, n=4)
+    print(f"{'':50s} gradflow / {reference}, round by round: median {middle:.2f} (quartiles {q1:.2f}-{q3:.2f})")
 
 
 def timing_section(device: torch.device, rounds: int, spirals_mlp, width: int) -> None:
