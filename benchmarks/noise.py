@@ -9,10 +9,12 @@
    exponential averaging) are compared with it: median relative error over repeats.
 2. Cost relative to one forward+backward of the same model and batch, for an MLP and a CNN:
    the hook path for per-sample squared norms (each layer's Gram/explicit choice printed, and
-   the hook path with every layer forced to one contraction, to show the rule's choice), the
-   noise scale through hooks, ``method="auto"`` and vmap, torch.func vmap per-sample gradients,
-   a Python loop of one backward per sample, and BackPACK's ``BatchL2Grad`` when BackPACK is
-   importable (``backpack-for-pytorch``; not a dependency). Each method is timed in pairs with
+   the hook path with every layer forced to one contraction, to show the rule's choice), on the
+   MLP the floor of any hook method (hooks, one ``autograd.grad``, row norms; no checks, no
+   snapshot) with and without the snapshot every tool takes, the noise scale through hooks,
+   ``method="auto"`` and vmap, torch.func vmap per-sample gradients, a Python loop of one
+   backward per sample, and BackPACK's ``BatchL2Grad`` when BackPACK is importable
+   (``backpack-for-pytorch``; not a dependency). Each method is timed in pairs with
    a forward+backward right before it, the methods interleaved round by round (who goes first
    rotates), so that load drifting on the machine hits them alike, the slow ones (> 4x a
    forward+backward) in rounds of their own afterwards: the table gives the best time
@@ -37,8 +39,9 @@ from unittest import mock
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
-from gradflow_lessons import noise, per_sample
+from gradflow_lessons import _state, noise, per_sample
 from gradflow_lessons.models import MLP
 from gradflow_lessons.tooling.baseline import baseline_module
 
@@ -153,6 +156,47 @@ def forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: dict) -> None:
             handle.remove()
 
 
+def floor(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """The least a hook method does for an MLP's per-sample norms, or None for other models: a
+    forward hook keeps each Linear's input and output edge, one ``autograd.grad`` returns the
+    batch gradient and the outputs' gradients, and ``N^2 |d_i|^2 (|a_i|^2 + 1)`` and the batch
+    gradient's norms follow, with none of the tool's checks and no snapshot of the model."""
+    layers = [m for m in model.modules() if isinstance(m, per_sample.HOOK_LAYERS)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if len(params) != 2 * len(layers) or not all(isinstance(m, nn.Linear) and m.bias is not None
+                                                 for m in layers):
+        return None
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        seen = []
+
+        def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen.append((args[0].detach(), get_gradient_edge(output)))
+
+        handles = [m.register_forward_hook(keep) for m in layers]
+        try:
+            loss = loss_fn(model(x), y)
+        finally:
+            for handle in handles:
+                handle.remove()
+        grads = torch.autograd.grad(loss, params + [edge for _, edge in seen])
+        a = torch.stack([torch.linalg.vector_norm(a, dim=1) for a, _ in seen]).double().square()
+        d = torch.stack([torch.linalg.vector_norm(d, dim=1) for d in grads[len(params):]]).double().square()
+        return d * (a + 1) * len(x) ** 2, torch.stack(torch._foreach_norm(grads[: len(params)]))
+
+    ours = noise.per_sample_grad_sq_norms(model, loss_fn, x, y)
+    assert torch.allclose(run()[0], torch.stack(list(ours.values())), rtol=1e-4), "not the same quantity"
+    return run
+
+
+def inspected(model: nn.Module, run):
+    """``run`` inside the snapshot every tool takes (``.grad``, buffers, flags, the RNGs)."""
+    def go():
+        with _state.inspecting(model):
+            run()
+    return run and go
+
+
 def gram_memory(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes the largest layer's float64 Gram matrices would take (N L^2 each, two of them)."""
     sizes = []
@@ -229,6 +273,8 @@ def cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: ar
     methods = {
         "hooks: per_sample_grad_sq_norms (the rule)": lambda: noise.per_sample_grad_sq_norms(*problem),
         f"hooks, baseline {args.baseline}": older and (lambda: older.per_sample_grad_sq_norms(*problem)),
+        "floor: hooks, one grad, row norms, no checks": floor(*problem),
+        "the floor inside the tools' snapshot": inspected(model, floor(*problem)),
         "hooks, every layer explicit": hooks_forced(False),
         "hooks, every layer Gram": hooks_forced(True) if gram_memory(model, x) < 2**28 else None,
         'gradient_noise_scale(method="hooks")': lambda: noise.gradient_noise_scale(*problem, "hooks"),
@@ -247,6 +293,7 @@ def cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: ar
           f"{max(3, args.rounds // 4)} for the slow ones, > 4x a forward+backward, timed after the others)")
     print(f"  {'method':46s} {'best ms':>9s} {'best x':>7s} {'median x':>9s} (quartiles)")
     skipped = {label: ("(BackPACK not installed)" if label.startswith("BackPACK")
+                       else "(Linear layers with bias only)" if "floor" in label
                        else "(skipped: the largest layer's Gram matrices need > 256 MB)")
                for label, fn in methods.items() if fn is None and "baseline" not in label}
     timed = {label: fn for label, fn in methods.items() if fn is not None}

@@ -557,3 +557,32 @@ def test_a_loss_returned_as_a_python_float_is_named(method):
 def test_a_meta_device_model_is_named():
     with pytest.raises(ValueError, match="meta device"):
         noise.gradient_noise_scale(nn.Linear(3, 4, device="meta"), nn.CrossEntropyLoss(), *mlp_problem()[2:])
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cost_benchmark_runs_every_row_on_tiny_models_and_its_floor_is_the_same_quantity(capsys):
+    import argparse
+
+    benchmark = _benchmark("noise")
+    args = argparse.Namespace(rounds=2, clock="cpu", baseline=None)
+    torch.manual_seed(0)
+    mlp, x, y = MLP(6, 3, depth=2, width=8).eval(), torch.randn(5, 6), torch.randint(0, 3, (5,))
+    benchmark.cost("tiny MLP", mlp, x, y, args)
+    out = capsys.readouterr().out
+    assert "floor: hooks, one grad, row norms, no checks" in out and "inside the tools' snapshot" in out
+    assert "(Linear layers with bias only)" not in out and "forward+backward" in out
+    rows, _ = benchmark.floor(mlp, nn.CrossEntropyLoss(), x, y)()  # checked against the tool inside
+    layers = sum(isinstance(m, nn.Linear) for m in mlp.modules())
+    assert rows.shape == (layers, 5) and rows.dtype == torch.float64
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    images, labels = torch.randn(4, 1, 6, 6), torch.randint(0, 3, (4,))
+    assert benchmark.floor(cnn, nn.CrossEntropyLoss(), images, labels) is None
