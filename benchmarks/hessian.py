@@ -25,8 +25,10 @@ Hessian (``P`` products with the unit vectors, then ``torch.linalg.eigvalsh``):
    project does not depend on it); ``torch.autograd.functional.hvp`` and forward-over-reverse
    ``torch.func.jvp(grad(...))``, which redo the forward and backward every time;
    ``torch.func.linearize(grad(...))``, forward-over-reverse traced once; and building the
-   operator. Every method's ``H v`` is checked against the operator's first. Methods that
-   keep a graph are built three times and each copy is called once a round.
+   operator; and matvec's backward alone (no flat vector, no check) on graphs of its own.
+   Every method's ``H v`` is checked against the operator's first. Methods that keep a graph
+   are built three times and each copy is called once a round. Per model, ``matvec``'s time
+   over PyHessian's (0.1, else the reimplementation) round by round: the median and quartiles.
 
     python benchmarks/hessian.py --parts 3 --threads 1 --rounds 30   # part 3 alone, about a minute
 """
@@ -226,8 +228,9 @@ def cost_ratios(label: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
     block = torch.randn(8, op.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     block = block.to(x.device, x.dtype)
     tasks = {"fwd+bwd": [forward_backward], "gradflow": [lambda op=op: op.matvec(v) for op in ops],
-             "its bwd": [lambda op=op: torch.autograd.grad(op._flat_gradient, op._params, v, retain_graph=True)
-                         for op in bare],  # private attributes: the one place matvec is taken apart
+             # private attributes: the one place matvec is taken apart
+             "its bwd": [lambda op=op: torch.autograd.grad(op._flat_gradient, op._params, v,
+                                                           retain_graph=True) for op in bare],
              "matmat/8": [lambda op=op: op.matmat(block) for op in ops],
              "PyH-style": [lambda r=r: r.hvp(tangents) for r in references],
              "PyH 0.1": [lambda p=p: p(tangents) for p in installed if p is not None],
@@ -272,7 +275,8 @@ def cost_ratios(label: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
     reference = "PyH 0.1" if "PyH 0.1" in times else "PyH-style"
     paired = [a / b for a, b in zip(times["gradflow"], times[reference])]  # the same round: the same load
     q1, middle, q3 = statistics.quantiles(paired, n=4)
-    print(f"{'':50s} gradflow / {reference}, round by round: median {middle:.2f} (quartiles {q1:.2f}-{q3:.2f})")
+    print(f"{'':50s} gradflow / {reference}, round by round: median {middle:.2f} "
+          f"(quartiles {q1:.2f}-{q3:.2f})")
 
 
 def timing_section(device: torch.device, rounds: int, spirals_mlp, width: int) -> None:

@@ -582,3 +582,20 @@ def test_a_zero_or_nan_start_vector_is_named(start):
 def test_a_negative_deflation_is_an_error():
     with pytest.raises(ValueError, match="deflate=-1"):
         hessian.hessian_trace(*tiny_problem(), deflate=-1)
+
+
+def test_cost_benchmark_runs_every_column_on_a_tiny_model(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "hessian.py"
+    spec = importlib.util.spec_from_file_location("benchmark_hessian", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    torch.manual_seed(0)
+    model = MLP(4, 3, depth=2, width=6, activation="tanh").double()
+    x, y = torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))
+    benchmark.cost_ratios("tiny", model, x, y, rounds=2)
+    out = capsys.readouterr().out
+    assert "tiny," in out and "round by round: median" in out
+    assert count_hooks(model) == 0
