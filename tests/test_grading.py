@@ -4,6 +4,7 @@ then an adversarial class built from the real exercise 01, graded into one CSV."
 import builtins
 import copy
 import csv
+import dataclasses
 import json
 import runpy
 from pathlib import Path
@@ -31,6 +32,7 @@ from gradflow_lessons.grading.wire import (
     decode,
     encode,
     pack_call,
+    restore_changed,
     restore_state,
     serve,
 )
@@ -119,6 +121,8 @@ class InProcessKernel:
             raise grader_wire.StudentCodeError(*reply["error"])
         value = decode(reply["value"], kernel=self)
         restore_state(tensors, reply["state"])
+        if args is not None:
+            restore_changed(args, tensors, reply.get("changed"), self)
         return value
 
 
@@ -200,6 +204,44 @@ def test_a_student_function_is_called_in_the_kernel_and_edits_its_arguments_in_p
     assert torch.allclose(total, norm)
     for p, g in zip(model.parameters(), grads):
         assert torch.allclose(p.grad, g * 0.5 / norm)
+
+
+@dataclasses.dataclass
+class Record:  # a record of a history, as exercise 09 passes them
+    step: int
+    grad_norm: float
+
+
+def test_a_student_function_that_edits_the_lists_and_dicts_it_is_given_edits_the_graders():
+    def tidy(history, options, weights, *, seen):  # the student's, in the kernel: edits everything
+        history.sort(key=lambda r: r.step)
+        history[0].grad_norm = 0.0
+        options["window"] = 9
+        weights[0].mul_(2)  # a tensor in a list: edited in place
+        weights.append(weights[0] * 0)
+        seen.append(len(history))
+        return len(history)
+
+    records = [Record(step, float(step)) for step in (2, 0, 1)]
+    history, options, seen = list(records), {"window": 3}, []
+    weight = torch.ones(2)
+    weights = [weight]
+    assert as_student(tidy)(history, options, weights, seen=seen) == 3
+    assert [r.step for r in history] == [0, 1, 2] and history[0].grad_norm == 0.0  # as in one process
+    assert not any(a is b for a, b in zip(history, records))  # the caller can tell: new records
+    assert options == {"window": 9} and seen == [3]
+    assert weights[0] is weight and torch.equal(weight, torch.full((2,), 2.0))  # the caller's tensor
+    assert len(weights) == 2 and torch.equal(weights[1], torch.zeros(2))
+
+
+def test_a_call_that_leaves_its_list_arguments_alone_leaves_the_graders_objects_alone():
+    def reader(history, table):
+        return sum(history) + len(table)
+
+    history, table = [1, 2, 3], {"a": [1.0]}
+    items, inner = list(history), table["a"]
+    assert as_student(reader)(history, table) == 7
+    assert all(a is b for a, b in zip(history, items)) and table["a"] is inner
 
 
 def test_functions_written_in_a_check_cell_are_sent_by_value():
@@ -483,6 +525,32 @@ def test_every_exercise_grades_its_solution_full_and_its_stub_zero(solution, tmp
     full, stub = results
     assert full.score == exercise.max_score > 0, [c.message for c in full.checks] + full.notes
     assert stub.score == 0 and stub.status == "not-attempted", [c.message for c in stub.checks]
+
+
+@pytest.mark.slow
+def test_an_answer_that_sorts_the_callers_list_in_its_kernel_loses_the_points_as_in_the_notebook(tmp_path):
+    # the list crosses to the kernel as a copy: only the kernel's reply about it can show the sort
+    description = "heat-map table that copies a tuple into a list but sorts a caller's list in place"
+    solution = ROOT / "solutions" / "09_gradient_dashboard.ipynb"
+    answers = runpy.run_path(str(ROOT / "tests" / "wrong_answers" / "09_gradient_dashboard.py"),
+                             init_globals={"patched": _patcher(solution)})
+    cells = next(c for d, c in answers["WRONG_ANSWERS"] if d == description)
+    nb = nbformat.read(solution, as_version=4)
+    for cell in nb.cells:
+        cell.source = cells.get(cell.id, cell.source)
+    path = tmp_path / solution.name
+    nbformat.write(nb, path)
+    exercise = Exercise.load(solution)
+    result, = grade([path], {solution.stem: exercise}, out=tmp_path / "g.csv", timeout=60,
+                    progress=lambda line: None)
+    failed = [c.message for c in result.checks if not c.passed]
+    assert result.score < exercise.max_score and any("changed the caller's" in m for m in failed), failed
+
+
+def _patcher(solution: Path):
+    """``patched(cell_id, old, new)`` as tests/wrong_answers/*.py use it (see test_exercises)."""
+    sources = {cell.id: cell.source for cell in nbformat.read(solution, as_version=4).cells}
+    return lambda cell_id, old, new: {cell_id: sources[cell_id].replace(old, new, 1)}
 
 
 @pytest.mark.slow

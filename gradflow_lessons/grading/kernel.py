@@ -37,6 +37,7 @@ from gradflow_lessons.grading.wire import (
     WireError,
     decode,
     pack_call,
+    restore_changed,
     restore_state,
 )
 
@@ -375,6 +376,8 @@ class StudentKernel:
             result = decode(reply["value"], kernel=self)
             if tensors:
                 restore_state(tensors, reply.get("state"))
+            if args is not None:
+                restore_changed(args, tensors, reply.get("changed"), self)
         except StudentCodeError:
             raise
         except (WireError, ValueError, KeyError, TypeError, SyntaxError, MemoryError) as e:

@@ -5,7 +5,10 @@ function to the student's kernel. Two directions, two rules:
 
 - grader -> kernel (arguments): trusted data, so ``pickle`` is fine. Tensors travel as
   plain values with their ``.grad``, and come back after the call, so a function that
-  edits its arguments in place (``clip_(parameters)``) behaves as in the notebook.
+  edits its arguments in place (``clip_(parameters)``) behaves as in the notebook; so do
+  the lists and dicts it is given (sorted, appended to, an entry edited): the kernel sends
+  back, as plain values, each one the call changed, and the grader's copy is made to hold
+  the same (its tensors stay the grader's own objects).
   Functions and lambdas written in check cells travel by value (their byte code).
 - kernel -> grader (results): untrusted. The kernel sends JSON text; :func:`decode`
   accepts only numbers, strings, lists, tuples, dicts and numeric tensors and arrays,
@@ -92,10 +95,14 @@ def _tensor_fields(t: torch.Tensor) -> dict:
             "data": base64.b64encode(data).decode("ascii")}
 
 
-def encode(obj: object, depth: int = 0) -> object:
-    """``obj`` as JSON-ready plain data; anything else becomes a handle kept in the kernel."""
+def encode(obj: object, depth: int = 0, given: dict[int, int] | None = None) -> object:
+    """``obj`` as JSON-ready plain data; anything else becomes a handle kept in the kernel.
+    ``given`` maps ``id()`` of the tensors the grader sent to their index: those go back as
+    references, so that the grader keeps its own tensor objects."""
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply to send to the grader")
+    if given and isinstance(obj, torch.Tensor) and id(obj) in given:
+        return {"__given__": given[id(obj)]}
     if obj is None or type(obj) in (bool, str):
         return obj
     if isinstance(obj, bool | np.bool_):
@@ -114,11 +121,11 @@ def encode(obj: object, depth: int = 0) -> object:
     if isinstance(obj, torch.dtype):
         return {"__dtype__": str(obj)}
     if type(obj) is list:
-        return [encode(x, depth + 1) for x in obj]
+        return [encode(x, depth + 1, given) for x in obj]
     if isinstance(obj, tuple):  # also torch.Size and named tuples
-        return {"__tuple__": [encode(x, depth + 1) for x in obj]}
+        return {"__tuple__": [encode(x, depth + 1, given) for x in obj]}
     if type(obj) is dict and all(type(k) is str for k in obj):
-        return {"__dict__": {k: encode(v, depth + 1) for k, v in obj.items()}}
+        return {"__dict__": {k: encode(v, depth + 1, given) for k, v in obj.items()}}
     handle = len(_HANDLES) + 1
     _HANDLES[handle] = obj
     return {"__remote__": handle, "type": type(obj).__name__[:80]}
@@ -159,6 +166,29 @@ class _ArgUnpickler(pickle.Unpickler):
         return self.tensors[index] if kind == "t" else _HANDLES[index]
 
 
+class _Fingerprint(pickle.Pickler):
+    """Pickles an argument to compare it before and after a call; its tensors by identity (their
+    values travel back in the reply's ``state``)."""
+
+    def persistent_id(self, obj):
+        return ("t", id(obj)) if isinstance(obj, torch.Tensor) else None
+
+
+def _fingerprints(args: tuple, kwargs: dict) -> dict[int | str, bytes]:
+    """The pickled bytes of each list and dict argument (by position or keyword); one that
+    cannot be pickled (a lambda inside, a generator) is left out and never reported changed."""
+    out = {}
+    for key, value in [*enumerate(args), *kwargs.items()]:
+        if type(value) in (list, dict):
+            buffer = io.BytesIO()
+            try:
+                _Fingerprint(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+            except Exception:  # noqa: BLE001 - whatever the student's objects raise: not compared
+                continue
+            out[key] = buffer.getvalue()
+    return out
+
+
 def serve(request_json: str) -> str:
     """Kernel side: run one request from the grader; reply with JSON text.
 
@@ -169,6 +199,7 @@ def serve(request_json: str) -> str:
         request = json.loads(request_json)
         op, target = request["op"], _HANDLES.get(request.get("handle"))
         tensors: list[torch.Tensor] = []
+        changed: list = []
         if op == "fetch":
             main = sys.modules["__main__"]
             if not hasattr(main, request["name"]):
@@ -180,7 +211,13 @@ def serve(request_json: str) -> str:
                 args, kwargs = _ArgUnpickler(base64.b64decode(request["args"]), tensors).load()
             except Exception as e:  # noqa: BLE001 - not the student's fault
                 return json.dumps({"error": ["GraderError", f"{type(e).__name__}: {e}"]})
-            value = target(*args, **kwargs) if op == "call" else target[args[0]]
+            if op == "call":
+                before = _fingerprints(args, kwargs)
+                value = target(*args, **kwargs)
+                after = _fingerprints(args, kwargs)
+                changed = [key for key in after if before.get(key) != after[key]]
+            else:
+                value = target[args[0]]
         elif op == "getattr":
             value = getattr(target, request["name"])
         elif op == "len":
@@ -193,7 +230,12 @@ def serve(request_json: str) -> str:
             {"data": _tensor_fields(t), "grad": None if t.grad is None else _tensor_fields(t.grad)}
             for t in tensors
         ]
-        return json.dumps({"value": encode(value), "state": state})
+        reply = {"value": encode(value), "state": state}
+        if changed:
+            given = {id(t): k for k, t in enumerate(tensors)}
+            reply["changed"] = [[key, encode(args[key] if type(key) is int else kwargs[key], 0, given)]
+                                for key in changed]
+        return json.dumps(reply)
     except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
         return json.dumps({"error": [type(e).__name__, str(e)[:2000]]})
 
@@ -272,8 +314,10 @@ def _decode_tensor(fields: object) -> torch.Tensor:
     return tensor
 
 
-def decode(data: object, kernel=None, _budget: list | None = None, _depth: int = 0) -> object:
-    """Plain data from :func:`encode` back into Python values, checking every type and size.
+def decode(data: object, kernel=None, _budget: list | None = None, _depth: int = 0,
+           given: list[torch.Tensor] | None = None) -> object:
+    """Plain data from :func:`encode` back into Python values, checking every type and size;
+    a reference to one of the ``given`` tensors (the call's arguments) is that tensor.
 
     Raises:
         WireError: anything that is not one of the plain forms, too deep, or too large.
@@ -287,7 +331,7 @@ def decode(data: object, kernel=None, _budget: list | None = None, _depth: int =
     if data is None or type(data) in (bool, int, float, str):
         return data
     if type(data) is list:
-        return [decode(x, kernel, budget, _depth + 1) for x in data]
+        return [decode(x, kernel, budget, _depth + 1, given) for x in data]
     if type(data) is not dict or len(data) not in (1, 2):
         raise WireError(f"an unexpected {type(data).__name__}")
     if "__tensor__" in data or "__ndarray__" in data:
@@ -297,18 +341,23 @@ def decode(data: object, kernel=None, _budget: list | None = None, _depth: int =
             raise WireError(f"a value with more than {MAX_ITEMS} items")
         return tensor if "__tensor__" in data else tensor.cpu().numpy()
     if "__tuple__" in data and type(data["__tuple__"]) is list:
-        return tuple(decode(x, kernel, budget, _depth + 1) for x in data["__tuple__"])
+        return tuple(decode(x, kernel, budget, _depth + 1, given) for x in data["__tuple__"])
     if "__dict__" in data and type(data["__dict__"]) is dict:
-        return {str(k): decode(v, kernel, budget, _depth + 1) for k, v in data["__dict__"].items()}
+        return {str(k): decode(v, kernel, budget, _depth + 1, given) for k, v in data["__dict__"].items()}
     if data.get("__float__") in ("nan", "inf", "-inf"):
         return float(data["__float__"])
     if "__complex__" in data:
-        re, im = (decode(x, kernel, budget, _depth + 1) for x in data["__complex__"])
+        re, im = (decode(x, kernel, budget, _depth + 1, given) for x in data["__complex__"])
         if type(re) is not float and type(re) is not int or type(im) not in (int, float):
             raise WireError("a complex number with non-numeric parts")
         return complex(re, im)
     if data.get("__dtype__") in _DTYPES:
         return _DTYPES[data["__dtype__"]]
+    if "__given__" in data:
+        index = data["__given__"]
+        if given is None or type(index) is not int or not 0 <= index < len(given):
+            raise WireError("a reference to a tensor the call was not given")
+        return given[index]
     if type(data.get("__remote__")) is int and kernel is not None:
         return RemoteObject(kernel, data["__remote__"], str(data.get("type", "object")))
     raise WireError("an unexpected value")
@@ -383,6 +432,39 @@ def pack_call(args: tuple) -> tuple[dict, list[torch.Tensor]]:
     fields = {"args": base64.b64encode(buffer.getvalue()).decode("ascii"),
               "tensors": [_tensor_request(t) for t in pickler.tensors]}
     return fields, pickler.tensors
+
+
+def restore_changed(args: tuple, tensors: list[torch.Tensor], changed: object, kernel=None) -> None:
+    """Make the list and dict arguments the student's function changed hold what the kernel's
+    copies hold after the call (``changed``: ``[[position or keyword, plain value], ...]``), as
+    one process would have left them; the call's own tensors stay the caller's objects.
+
+    Raises:
+        WireError: an entry that names no list or dict argument, or a value of another type.
+    """
+    if changed is None:
+        return
+    positional, named = args
+    if type(changed) is not list:
+        raise WireError("a malformed list of changed arguments")
+    for entry in changed:
+        if not (type(entry) is list and len(entry) == 2):
+            raise WireError("a malformed changed argument")
+        key, data = entry
+        if type(key) is int and 0 <= key < len(positional):
+            target = positional[key]
+        elif type(key) is str and key in named:
+            target = named[key]
+        else:
+            raise WireError("a changed argument that the call was not given")
+        value = decode(data, kernel, given=tensors)
+        if type(target) is list and type(value) is list:
+            target[:] = value
+        elif type(target) is dict and type(value) is dict:
+            target.clear()
+            target.update(value)
+        else:
+            raise WireError(f"a changed {type(target).__name__} argument sent back as {type(value).__name__}")
 
 
 def restore_state(tensors: list[torch.Tensor], state: object) -> None:

@@ -92,6 +92,21 @@ WRONG_ANSWERS = [
         )},
     ),
     (
+        "heat-map table that copies a tuple into a list but sorts a caller's list in place",
+        {"solution-norm-matrix": (
+            "def norm_matrix(history):\n"
+            "    if not isinstance(history, list):\n"
+            "        history = list(history)\n"
+            "    layers = list(dict.fromkeys(r.layer for r in history))\n"
+            "    history.sort(key=lambda r: r.step)\n"
+            "    steps = list(dict.fromkeys(r.step for r in history))\n"
+            "    values = torch.full((len(layers), len(steps)), math.nan, dtype=torch.float64)\n"
+            "    for r in history:\n"
+            "        values[layers.index(r.layer), steps.index(r.step)] = r.grad_norm\n"
+            "    return layers, steps, values"
+        )},
+    ),
+    (
         "heat-map table that turns an Inf norm into NaN (a blown-up layer looks silent)",
         patched("solution-norm-matrix", "] = r.grad_norm",
                  "] = r.grad_norm if math.isfinite(r.grad_norm) else math.nan"),
