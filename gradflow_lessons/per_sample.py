@@ -378,9 +378,8 @@ class _SampleNormHooks:
         for name, _, _ in ready:
             if self.edited(name):
                 raise edited_input(name)
-        pairs = [t if t.dtype == want else t.to(want) for name, _, d in ready
-                 for t in (self.inputs.pop(name)[0], d)
-                 for want in (torch.float64 if self.wide else torch.promote_types(t.dtype, torch.float32),)]
+        pairs = [t.to(torch.float64 if self.wide else torch.promote_types(t.dtype, torch.float32))
+                 for name, _, d in ready for t in (self.inputs.pop(name)[0], d)]
         if len({t.dtype for t in pairs}) > 1:  # layers of different dtypes: all in float64 (exact)
             pairs = [t.double() for t in pairs]
         norms, self.product_lost = _norms(pairs, self.wide) if pairs else ([], False)
