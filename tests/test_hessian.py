@@ -584,6 +584,7 @@ def test_a_negative_deflation_is_an_error():
         hessian.hessian_trace(*tiny_problem(), deflate=-1)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch.func's own
 def test_cost_benchmark_runs_every_column_on_a_tiny_model(capsys):
     import importlib.util
     from pathlib import Path
