@@ -125,3 +125,41 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the folder is no package), to run it on a tiny model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# tests/wrong_answers/NAME.py lists plausible wrong answers for solutions/NAME.ipynb, and may
+# list CORRECT_ANSWERS: right answers written differently (a loop, a vectorised one, float64
+# inside), each a (description, {cell id: source}) as well.
+def cell_patcher(solution: Path):
+    """``patched(cell_id, old, new)`` for the wrong-answer files of ``solution``: ``{cell_id: the
+    solution cell's source with old, found there exactly once, replaced by new}``."""
+    import nbformat
+
+    sources = {cell.id: cell.source for cell in nbformat.read(solution, as_version=4).cells}
+
+    def patched(cell_id: str, old: str, new: str) -> dict[str, str]:
+        source = sources[cell_id]
+        if source.count(old) != 1:
+            raise ValueError(f"{cell_id} of {solution.name} no longer holds {old!r} once; "
+                             "update this wrong answer")
+        return {cell_id: source.replace(old, new)}
+
+    return patched
+
+
+def answers_for(stem: str) -> dict:
+    """The globals of ``tests/wrong_answers/<stem>.py`` (``WRONG_ANSWERS``, ``CORRECT_ANSWERS``)."""
+    import runpy
+
+    return runpy.run_path(str(ROOT / "tests" / "wrong_answers" / f"{stem}.py"),
+                          init_globals={"patched": cell_patcher(ROOT / "solutions" / f"{stem}.ipynb")})

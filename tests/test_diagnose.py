@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 from torch import nn
 
 from gradflow_lessons.diagnose import (
@@ -370,13 +371,7 @@ def test_the_report_shows_the_watched_losses():
 
 
 def test_the_threshold_sweep_flags_no_good_learning_rate_and_catches_every_too_high_one(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnose_thresholds.py"
-    spec = importlib.util.spec_from_file_location("diagnose_thresholds", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("diagnose_thresholds")
     threads = torch.get_num_threads()
     totals = benchmark.main(["--quick"])
     assert totals[False] == [0, 20]  # SGD 0.01 and Adam 1e-3: 5 networks x 2 seeds each

@@ -2,12 +2,11 @@
 every graded check because the stub raises, and plausible wrong answers fail a check."""
 
 import copy
-import runpy
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import error_of, run_notebook
+from conftest import answers_for, error_of, run_notebook
 from conftest import graded_cells as _graded_cells
 
 from gradflow_lessons.checks import PASS
@@ -68,26 +67,7 @@ def test_every_graded_check_fails_in_the_generated_exercise_because_the_stub_rai
         assert error.ename == "NotImplementedError", f"{cell.id} failed with {error.ename}"
 
 
-# tests/wrong_answers/NAME.py lists plausible wrong answers for solutions/NAME.ipynb, and may
-# list CORRECT_ANSWERS: right answers written differently (a loop, a vectorised one, float64
-# inside), each a (description, {cell id: source}) as well.
-def cell_patcher(solution: Path):
-    """``patched(cell_id, old, new)`` for the wrong-answer files of ``solution``: ``{cell_id: the
-    solution cell's source with old, found there exactly once, replaced by new}``."""
-    sources = {cell.id: cell.source for cell in nbformat.read(solution, as_version=4).cells}
-
-    def patched(cell_id: str, old: str, new: str) -> dict[str, str]:
-        source = sources[cell_id]
-        if source.count(old) != 1:
-            raise ValueError(f"{cell_id} of {solution.name} no longer holds {old!r} once; "
-                             "update this wrong answer")
-        return {cell_id: source.replace(old, new)}
-
-    return patched
-
-
-_ANSWERS = {path.stem + ".ipynb": runpy.run_path(str(path), init_globals={
-                "patched": cell_patcher(ROOT / "solutions" / f"{path.stem}.ipynb")})
+_ANSWERS = {path.stem + ".ipynb": answers_for(path.stem)
             for path in sorted((ROOT / "tests" / "wrong_answers").glob("*.py"))}
 CASES = [(name, description, cells) for name, answers in _ANSWERS.items()
          for description, cells in answers["WRONG_ANSWERS"]]

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import load_benchmark
 from torch import nn
 from torch.func import functional_call
 
@@ -586,13 +587,7 @@ def test_a_negative_deflation_is_an_error():
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch.func's own
 def test_cost_benchmark_runs_every_column_on_a_tiny_model(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "hessian.py"
-    spec = importlib.util.spec_from_file_location("benchmark_hessian", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("hessian")
     torch.manual_seed(0)
     model = MLP(4, 3, depth=2, width=6, activation="tanh").double()
     x, y = torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import load_benchmark
 from torch import nn
 
 from gradflow_lessons.models import MLP
@@ -432,13 +433,7 @@ def test_recurrent_layers_with_tuple_outputs_are_monitored():
 
 
 def test_overhead_benchmark_runs_on_a_tiny_model(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "monitor_overhead.py"
-    spec = importlib.util.spec_from_file_location("monitor_overhead", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("monitor_overhead")
     ratios = benchmark.main(
         ["--width", "16", "--depth", "3", "--batch", "8", "--rounds", "2", "--steps", "1"]
     )

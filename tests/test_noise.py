@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port
+from conftest import free_port, load_benchmark
 from torch import nn
 
 from gradflow_lessons import noise
@@ -559,21 +559,11 @@ def test_a_meta_device_model_is_named():
         noise.gradient_noise_scale(nn.Linear(3, 4, device="meta"), nn.CrossEntropyLoss(), *mlp_problem()[2:])
 
 
-def _benchmark(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.filterwarnings("ignore:.*signal:RuntimeWarning")  # 5 samples: noise beats signal, as said
 def test_cost_benchmark_runs_every_row_on_tiny_models_and_its_floor_is_the_same_quantity(capsys):
     import argparse
 
-    benchmark = _benchmark("noise")
+    benchmark = load_benchmark("noise")
     args = argparse.Namespace(rounds=2, clock="cpu", baseline=None)
     torch.manual_seed(0)
     mlp, x, y = MLP(6, 3, depth=2, width=8).eval(), torch.randn(5, 6), torch.randint(0, 3, (5,))
