@@ -13,6 +13,7 @@ import nbformat
 import numpy as np
 import pytest
 import torch
+from conftest import answers_for
 
 from gradflow_lessons.checks import CheckFailed, check_close, check_shape, check_true
 from gradflow_lessons.grading import wire as grader_wire
@@ -232,6 +233,24 @@ def test_a_student_function_that_edits_the_lists_and_dicts_it_is_given_edits_the
     assert options == {"window": 9} and seen == [3]
     assert weights[0] is weight and torch.equal(weight, torch.full((2,), 2.0))  # the caller's tensor
     assert len(weights) == 2 and torch.equal(weights[1], torch.zeros(2))
+
+
+@pytest.mark.parametrize("changed, message", [
+    ("not a list", "malformed list"),
+    ([[0]], "malformed changed"),
+    ([[5, []]], "not given"),
+    ([["missing", []]], "not given"),
+    ([[1, []]], "changed str argument"),  # not a list or dict: nothing to write into
+    ([[0, {"__dict__": {}}]], "changed list argument sent back as dict"),
+    ([[0, [{"__given__": 3}]]], "tensor the call was not given"),
+    ([[0, [{"__reduce__": ["os.system", "echo hi"]}]]], "unexpected value"),
+    ([[0, [9]], [5, []]], "not given"),  # a fitting entry, then one that does not: neither is written
+])
+def test_a_reply_about_changed_arguments_that_does_not_fit_the_call_is_refused(changed, message):
+    history, before = [1, 2], [1, 2]
+    with pytest.raises(WireError, match=message):
+        restore_changed(((history, "text"), {}), [torch.zeros(1)], changed)
+    assert history == before  # nothing written before the reply is known to fit
 
 
 def test_a_call_that_leaves_its_list_arguments_alone_leaves_the_graders_objects_alone():
@@ -532,9 +551,7 @@ def test_an_answer_that_sorts_the_callers_list_in_its_kernel_loses_the_points_as
     # the list crosses to the kernel as a copy: only the kernel's reply about it can show the sort
     description = "heat-map table that copies a tuple into a list but sorts a caller's list in place"
     solution = ROOT / "solutions" / "09_gradient_dashboard.ipynb"
-    answers = runpy.run_path(str(ROOT / "tests" / "wrong_answers" / "09_gradient_dashboard.py"),
-                             init_globals={"patched": _patcher(solution)})
-    cells = next(c for d, c in answers["WRONG_ANSWERS"] if d == description)
+    cells = next(c for d, c in answers_for(solution.stem)["WRONG_ANSWERS"] if d == description)
     nb = nbformat.read(solution, as_version=4)
     for cell in nb.cells:
         cell.source = cells.get(cell.id, cell.source)
@@ -545,12 +562,6 @@ def test_an_answer_that_sorts_the_callers_list_in_its_kernel_loses_the_points_as
                     progress=lambda line: None)
     failed = [c.message for c in result.checks if not c.passed]
     assert result.score < exercise.max_score and any("changed the caller's" in m for m in failed), failed
-
-
-def _patcher(solution: Path):
-    """``patched(cell_id, old, new)`` as tests/wrong_answers/*.py use it (see test_exercises)."""
-    sources = {cell.id: cell.source for cell in nbformat.read(solution, as_version=4).cells}
-    return lambda cell_id, old, new: {cell_id: sources[cell_id].replace(old, new, 1)}
 
 
 @pytest.mark.slow

@@ -111,6 +111,17 @@ def test_inspecting_restores_numpy_after_any_draw_also_from_its_cached_gaussian(
     assert (after[1] == before[1]).all() and after[2:] == before[2:]
 
 
+def test_the_raw_numpy_state_is_read_in_place_here_and_moves_with_every_draw():
+    from gradflow_lessons import _state
+
+    assert _state._NUMPY_RAW_SIZE == 2500  # this numpy's MT19937 layout: the cheap path is on
+    np.random.seed(0)
+    raw = _state._numpy_raw()
+    assert raw == _state._numpy_raw() and raw[-4:] == np.int32(np.random.get_state()[2]).tobytes()
+    np.random.rand()
+    assert _state._numpy_raw() != raw
+
+
 def test_inspecting_restores_numpy_on_another_global_bit_generator():
     old = np.random.get_bit_generator()
     try:

@@ -447,6 +447,7 @@ def restore_changed(args: tuple, tensors: list[torch.Tensor], changed: object, k
     positional, named = args
     if type(changed) is not list:
         raise WireError("a malformed list of changed arguments")
+    writes = []  # all checked before any is made
     for entry in changed:
         if not (type(entry) is list and len(entry) == 2):
             raise WireError("a malformed changed argument")
@@ -458,13 +459,15 @@ def restore_changed(args: tuple, tensors: list[torch.Tensor], changed: object, k
         else:
             raise WireError("a changed argument that the call was not given")
         value = decode(data, kernel, given=tensors)
-        if type(target) is list and type(value) is list:
+        if type(target) not in (list, dict) or type(value) is not type(target):
+            raise WireError(f"a changed {type(target).__name__} argument sent back as {type(value).__name__}")
+        writes.append((target, value))
+    for target, value in writes:
+        if type(target) is list:
             target[:] = value
-        elif type(target) is dict and type(value) is dict:
+        else:
             target.clear()
             target.update(value)
-        else:
-            raise WireError(f"a changed {type(target).__name__} argument sent back as {type(value).__name__}")
 
 
 def restore_state(tensors: list[torch.Tensor], state: object) -> None:
